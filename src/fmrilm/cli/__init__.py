@@ -1,0 +1,48 @@
+"""The `fmrilm` command. Each stage registers its subcommands; nothing imports this package."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Stage modules that register subcommands: each has add_parser(subparsers) and run(args).
+STAGES = ("fmrilm.cli.data", "fmrilm.cli.baselines", "fmrilm.cli.tokenizer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fmrilm", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in STAGES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a missing dependency, not a stage that is not there
+                raise
+            continue
+        module.add_parser(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from fmrilm import __version__
+
+    return f"fmrilm {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+        print(f"fmrilm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

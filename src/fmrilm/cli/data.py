@@ -1,0 +1,249 @@
+"""`fmrilm data ...`: build, inspect and describe dataset stores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fmrilm.data import IngestPolicy, SplitConfig, build_store, open_store
+from fmrilm.data.abide import iter_abide_pcp, iter_abide_sample
+
+POLICY_KINDS = (
+    "nonfinite",
+    "too_short",
+    "roi_mismatch",
+    "duplicate",
+    "no_phenotype",
+    "missing_tr",
+    "unreadable",
+)
+
+
+def _store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="store folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument(
+        "--min-timepoints",
+        type=int,
+        default=1,
+        help="shortest scan kept (default 1: keep all, windowing reports short scans)",
+    )
+    p.add_argument(
+        "--target-tr",
+        type=float,
+        default=None,
+        help="resample every scan to this repetition time (s)",
+    )
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--heldout-sites",
+        default=None,
+        help="comma-separated sites for the heldout_sites scheme (default: seeded choice)",
+    )
+    p.add_argument("--heldout-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--on",
+        action="append",
+        default=[],
+        metavar="KIND=ACTION",
+        help=f"policy for bad scans, ACTION error or skip; KIND in {', '.join(POLICY_KINDS)}",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _policy(args: argparse.Namespace) -> IngestPolicy:
+    actions = {}
+    for item in args.on:
+        kind, _, action = item.partition("=")
+        if kind not in POLICY_KINDS:
+            raise ValueError(
+                f"--on {item!r}: unknown kind {kind!r}; kinds: {', '.join(POLICY_KINDS)}"
+            )
+        actions[kind] = action
+    return IngestPolicy(min_timepoints=args.min_timepoints, **actions)
+
+
+def _split(args: argparse.Namespace) -> SplitConfig:
+    sites = args.heldout_sites.split(",") if args.heldout_sites else None
+    return SplitConfig(
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        heldout_sites=sites,
+        heldout_fraction=args.heldout_fraction,
+    )
+
+
+def _build(args: argparse.Namespace, records, total, metadata, report=None) -> int:
+    metadata.target_tr = args.target_tr
+    store = build_store(
+        records,
+        args.out,
+        metadata=metadata,
+        policy=_policy(args),
+        split=_split(args),
+        report=report,
+        overwrite=args.overwrite,
+        total=total,
+        progress=not args.quiet,
+    )
+    print(describe(store))
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    data = subparsers.add_parser("data", help="build and inspect dataset stores")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    p = sub.add_parser(
+        "sample", help="build a store from the real ABIDE sample bundled with fmrilm"
+    )
+    _store_options(p)
+    p.set_defaults(run=lambda a: _build(a, *iter_abide_sample()))
+
+    p = sub.add_parser("abide", help="ABIDE Preprocessed through nilearn's fetch_abide_pcp")
+    _store_options(p)
+    p.add_argument("--data-dir", type=Path, default=None, help="nilearn data folder (cache)")
+    p.add_argument("--pipeline", default="cpac", choices=["cpac", "css", "dparsf", "niak"])
+    p.add_argument(
+        "--strategy",
+        default="filt_global",
+        choices=["filt_global", "filt_noglobal", "nofilt_global", "nofilt_noglobal"],
+    )
+    p.add_argument("--derivative", default="rois_cc200")
+    p.add_argument("--all-subjects", action="store_true", help="include subjects that failed QC")
+    p.add_argument("--n-subjects", type=int, default=None)
+    p.add_argument("--sites", default=None, help="comma-separated SITE_IDs")
+    p.set_defaults(run=_run_abide)
+
+    p = sub.add_parser("inspect", help="print what a store holds and what ingest skipped")
+    p.add_argument("store", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.set_defaults(run=_run_inspect)
+
+
+def _run_abide(args: argparse.Namespace) -> int:
+    filt, glob = args.strategy.split("_")
+    records, total, meta = iter_abide_pcp(
+        args.data_dir,
+        pipeline=args.pipeline,
+        band_pass_filtering=filt == "filt",
+        global_signal_regression=glob == "global",
+        derivative=args.derivative,
+        quality_checked=not args.all_subjects,
+        n_subjects=args.n_subjects,
+        sites=args.sites.split(",") if args.sites else None,
+    )
+    return _build(args, records, total, meta)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    store = open_store(args.store)
+    if args.json:
+        print(json.dumps(summary(store), indent=1))
+    else:
+        print(describe(store))
+    return 0
+
+
+def summary(store) -> dict:
+    """Counts, per-site phenotype summaries, splits and skips of a store, JSON-ready."""
+    t = store.table
+    report = store.report()
+
+    def stats(df):
+        age = df["age"].astype(float)
+        return {
+            "scans": int(len(df)),
+            "subjects": int(df["subject_id"].nunique()),
+            "age_mean": _r(np.nanmean(age)) if age.notna().any() else None,
+            "age_sd": _r(np.nanstd(age)) if age.notna().any() else None,
+            "age_min": _r(np.nanmin(age)) if age.notna().any() else None,
+            "age_max": _r(np.nanmax(age)) if age.notna().any() else None,
+            "age_missing": int(age.isna().sum()),
+            "male": int((df["sex"] == "male").sum()),
+            "female": int((df["sex"] == "female").sum()),
+            "autism": int((df["diagnosis"] == "autism").sum()),
+            "control": int((df["diagnosis"] == "control").sum()),
+            "tr": sorted({_r(v) for v in df["tr"]}),
+            "timepoints": [int(df["n_timepoints"].min()), int(df["n_timepoints"].max())],
+        }
+
+    splits = {}
+    for scheme in store.split_schemes:
+        idx = store.split_indices(scheme)
+        splits[scheme] = {
+            k: {"scans": int(len(v)), "subjects": int(t["subject_id"].iloc[v].nunique())}
+            for k, v in idx.items()
+        }
+        if scheme == "heldout_sites":
+            splits[scheme]["sites"] = store._load_splits()[scheme]["sites"]
+    return {
+        "path": str(store.path),
+        "atlas": store.metadata.get("atlas"),
+        "n_rois": store.n_rois,
+        "source": store.metadata.get("source"),
+        "preprocessing": store.metadata.get("preprocessing"),
+        "all": stats(t),
+        "sites": {site: stats(df) for site, df in t.groupby("site")},
+        "splits": splits,
+        "read": report.n_read,
+        "kept": report.n_kept,
+        "skipped": report.skip_counts(),
+        "skipped_scans": [s.__dict__ for s in report.skipped],
+        "scans_with_masked_rois": len(report.masked_rois),
+        "masked_roi_columns": sum(len(v) for v in report.masked_rois.values()),
+    }
+
+
+def _r(x: float) -> float:
+    return round(float(x), 3)
+
+
+def describe(store) -> str:
+    """Readable summary of a store."""
+    s = summary(store)
+    a = s["all"]
+    lines = [
+        f"store {s['path']}",
+        f"  {a['scans']} scans, {a['subjects']} subjects, {len(s['sites'])} sites, "
+        f"{s['n_rois']} ROIs ({s['atlas']}), T {a['timepoints'][0]}-{a['timepoints'][1]}",
+        f"  source: {s['source']}",
+        f"  age {a['age_mean']} +/- {a['age_sd']} ({a['age_min']}-{a['age_max']}, "
+        f"{a['age_missing']} missing); {a['male']} male, {a['female']} female; "
+        f"{a['autism']} autism, {a['control']} control",
+        "",
+        f"  {'site':<10} {'scans':>5} {'TR':>6} {'age mean+/-sd':>14} {'M':>4} {'F':>4} {'ASD':>4} {'TC':>4}",
+    ]
+    for site, v in s["sites"].items():
+        age = f"{v['age_mean']:.1f}+/-{v['age_sd']:.1f}" if v["age_mean"] is not None else "-"
+        tr = ",".join(str(x) for x in v["tr"])
+        lines.append(
+            f"  {site:<10} {v['scans']:>5} {tr:>6} {age:>14} {v['male']:>4} "
+            f"{v['female']:>4} {v['autism']:>4} {v['control']:>4}"
+        )
+    lines.append("")
+    for scheme, v in s["splits"].items():
+        parts = ", ".join(f"{k} {v[k]['subjects']}" for k in ("train", "val", "test"))
+        extra = f" (test sites: {', '.join(v['sites'])})" if "sites" in v else ""
+        lines.append(f"  split {scheme}: subjects {parts}{extra}")
+    lines.append(
+        f"  ingest: read {s['read']}, kept {s['kept']}, skipped "
+        f"{sum(s['skipped'].values())} {s['skipped'] or ''}".rstrip()
+    )
+    for sk in s["skipped_scans"][:20]:
+        lines.append(
+            f"    skipped {sk['scan_id']} (subject {sk['subject_id']}): {sk['reason']}: {sk['detail']}"
+        )
+    if len(s["skipped_scans"]) > 20:
+        lines.append(f"    ... and {len(s['skipped_scans']) - 20} more (see ingest_report.json)")
+    lines.append(
+        f"  constant ROI columns kept and masked: {s['masked_roi_columns']} in "
+        f"{s['scans_with_masked_rois']} scans"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,23 @@
+"""Data foundation: ingest fMRI ROI time series into a dataset store, split, scale and window it."""
+
+from fmrilm.data.records import IngestError, IngestReport, ScanRecord
+from fmrilm.data.scaling import RobustScaler
+from fmrilm.data.splits import SplitConfig
+from fmrilm.data.store import DatasetStore, StoreMetadata, build_store, open_store
+from fmrilm.data.validation import IngestPolicy
+from fmrilm.data.windows import WindowDataset, window_starts
+
+__all__ = [
+    "DatasetStore",
+    "IngestError",
+    "IngestPolicy",
+    "IngestReport",
+    "RobustScaler",
+    "ScanRecord",
+    "SplitConfig",
+    "StoreMetadata",
+    "WindowDataset",
+    "build_store",
+    "open_store",
+    "window_starts",
+]

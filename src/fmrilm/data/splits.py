@@ -1,0 +1,137 @@
+"""Subject-level splits: stratified by site, or whole sites held out. Seeded and recorded."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SplitConfig:
+    """How a store's subjects are split.
+
+    Attributes
+    ----------
+    val_fraction, test_fraction : float
+        Share of subjects in validation and test (per site for ``site_stratified``).
+    seed : int
+        Seed for every random choice.
+    heldout_sites : list of str or None
+        Sites for the test split of the ``heldout_sites`` scheme. None chooses whole sites at
+        random (seeded) until they hold at least ``heldout_fraction`` of the subjects.
+    heldout_fraction : float
+        Minimum share of subjects in held-out sites when they are chosen at random.
+    """
+
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    heldout_sites: list[str] | None = None
+    heldout_fraction: float = 0.2
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "test_fraction", "heldout_fraction"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise ValueError(f"SplitConfig.{name} must be in [0, 1), got {v}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                "SplitConfig.val_fraction + test_fraction must be < 1, got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _subject_sites(subjects: pd.DataFrame) -> pd.Series:
+    """One site per subject (the first seen); subjects scanned at several sites keep one."""
+    return subjects.drop_duplicates("subject_id").set_index("subject_id")["site"]
+
+
+def site_stratified_split(subjects: pd.DataFrame, config: SplitConfig) -> dict[str, str]:
+    """Assign each subject to train/val/test, the same shares within every site.
+
+    Parameters
+    ----------
+    subjects : DataFrame with columns ``subject_id`` and ``site`` (one row per scan is fine).
+    config : SplitConfig
+
+    Returns
+    -------
+    dict mapping subject id to "train", "val" or "test".
+    """
+    rng = np.random.default_rng(config.seed)
+    site_of = _subject_sites(subjects)
+    out: dict[str, str] = {}
+    for site in sorted(site_of.unique()):
+        ids = np.array(sorted(site_of.index[site_of == site]))
+        rng.shuffle(ids)
+        n = len(ids)
+        n_test = int(round(n * config.test_fraction))
+        n_val = int(round(n * config.val_fraction))
+        if n >= 3 and config.test_fraction > 0:
+            n_test = max(n_test, 1)
+        if n >= 3 and config.val_fraction > 0:
+            n_val = max(n_val, 1)
+        for i, sid in enumerate(ids):
+            out[sid] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return out
+
+
+def heldout_sites_split(
+    subjects: pd.DataFrame, config: SplitConfig
+) -> tuple[dict[str, str], list[str]]:
+    """Whole sites form the test split; the other subjects split into train/val by site.
+
+    Returns
+    -------
+    assignments : dict mapping subject id to split
+    sites : the held-out sites
+    """
+    site_of = _subject_sites(subjects)
+    counts = site_of.value_counts()
+    if config.heldout_sites is not None:
+        unknown = sorted(set(config.heldout_sites) - set(counts.index))
+        if unknown:
+            raise ValueError(
+                f"held-out sites {unknown} are not in the store; sites: {sorted(counts.index)}"
+            )
+        sites = sorted(config.heldout_sites)
+    else:
+        rng = np.random.default_rng(config.seed)
+        order = list(rng.permutation(sorted(counts.index)))
+        sites, n = [], 0
+        while order and n < config.heldout_fraction * len(site_of):
+            s = order.pop(0)
+            sites.append(s)
+            n += counts[s]
+        sites = sorted(sites)
+        if len(sites) == len(counts):
+            raise ValueError(
+                f"holding out enough sites would leave no training site; sites: {dict(counts)}"
+            )
+    rest = site_of[~site_of.isin(sites)].reset_index()
+    inner = SplitConfig(
+        val_fraction=config.val_fraction / max(1e-9, 1 - config.test_fraction),
+        test_fraction=0.0,
+        seed=config.seed,
+    )
+    out = site_stratified_split(rest, inner)
+    out.update({sid: "test" for sid in site_of.index[site_of.isin(sites)]})
+    return out, sites
+
+
+def make_splits(subjects: pd.DataFrame, config: SplitConfig) -> dict[str, dict]:
+    """Both split schemes, as stored in a store's ``splits.json``."""
+    stratified = site_stratified_split(subjects, config)
+    heldout, sites = heldout_sites_split(subjects, config)
+    return {
+        "site_stratified": {"config": config.to_dict(), "assignments": stratified},
+        "heldout_sites": {"config": config.to_dict(), "sites": sites, "assignments": heldout},
+    }
