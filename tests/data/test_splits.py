@@ -68,3 +68,20 @@ def test_sessions_of_one_subject_stay_together(tmp_path):
         assert not subj["val"] & subj["test"]
         assert sum(len(v) for v in idx.values()) == 60
         assert np.array_equal(np.sort(np.concatenate(list(idx.values()))), np.arange(60))
+
+
+def test_single_site_store_has_no_heldout_scheme_and_says_why(tmp_path):
+    store = build_store(
+        [make_record(i, site="only") for i in range(10)], tmp_path / "s", progress=False
+    )
+    assert store.split_schemes == ["site_stratified"]
+    assert any("no heldout_sites split" in w for w in store.report().warnings)
+    with pytest.raises(KeyError, match="split scheme 'heldout_sites' not in store"):
+        store.split_indices("heldout_sites")
+    with pytest.raises(ValueError, match="would leave no training site"):
+        build_store(
+            [make_record(i, site="only") for i in range(10)],
+            tmp_path / "t",
+            split=SplitConfig(heldout_sites=["only"]),
+            progress=False,
+        )

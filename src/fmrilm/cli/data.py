@@ -121,10 +121,195 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sites", default=None, help="comma-separated SITE_IDs")
     p.set_defaults(run=_run_abide)
 
+    p = sub.add_parser("files", help="plain ROI time-series files plus a phenotype table")
+    _store_options(p)
+    p.add_argument("timeseries", nargs="+", help="files, folders or a quoted glob")
+    _phenotype_options(p)
+    p.add_argument(
+        "--subject-pattern",
+        default=None,
+        help="regex with a named group 'subject' (and optional 'session') on the file name",
+    )
+    p.add_argument("--key", default=None, help="array name inside .npz / .mat files")
+    p.add_argument("--transpose", action="store_true", help="files are ROI x time")
+    p.set_defaults(run=_run_files)
+
+    p = sub.add_parser("nifti", help="4D NIfTI in a BIDS / fMRIPrep tree, through a label atlas")
+    _store_options(p)
+    p.add_argument("root", type=Path, help="dataset root holding sub-*")
+    p.add_argument("--atlas", required=True, type=Path, help="label image (0 = background)")
+    p.add_argument("--bold-glob", default=None, help="glob of BOLD images under ROOT")
+    p.add_argument(
+        "--confounds",
+        default=None,
+        help="comma-separated fMRIPrep confound columns to regress (patterns allowed)",
+    )
+    _phenotype_options(p, required=False)
+    p.set_defaults(run=_run_nifti)
+
+    p = sub.add_parser("brainlm", help="a BrainLM-format Arrow dataset")
+    _store_options(p)
+    p.add_argument("path", type=Path, help="saved dataset folder or .arrow file(s)")
+    p.add_argument("--recording-column", default=None)
+    p.add_argument("--layout", default="auto", choices=["auto", "time_by_roi", "roi_by_time"])
+    p.add_argument("--n-rois", type=int, default=None)
+    p.add_argument("--scan-id-column", default=None)
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="label columns: subject_id=..., age=..., sex=..., diagnosis=..., site=...",
+    )
+    p.add_argument("--tr", type=float, default=None)
+    p.add_argument("--site", default="")
+    p.set_defaults(run=_run_brainlm)
+
     p = sub.add_parser("inspect", help="print what a store holds and what ingest skipped")
     p.add_argument("store", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.set_defaults(run=_run_inspect)
+
+
+def _phenotype_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--phenotypes",
+        type=Path,
+        required=required,
+        help="phenotype table (CSV, TSV, BIDS participants.tsv)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=["abide", "bids", "none"],
+        default="none",
+        help="column mapping to start from",
+    )
+    p.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="column mapping: subject_id, age, sex, diagnosis, site, tr, session, fiq, mean_fd",
+    )
+    p.add_argument("--missing", default=None, help="comma-separated missing-value codes")
+    p.add_argument(
+        "--tr", type=float, default=None, help="repetition time (s) when no column gives it"
+    )
+    p.add_argument("--site", default="", help="site of every scan when no column gives it")
+
+
+def _mapping(args: argparse.Namespace):
+    from fmrilm.data.phenotypes import PhenotypeMapping
+
+    fields = {}
+    for item in args.map:
+        field, sep, column = item.partition("=")
+        if not sep or not column:
+            raise ValueError(f"--map {item!r}: expected FIELD=COLUMN")
+        fields[field] = column
+    if getattr(args, "missing", None):
+        fields["missing_values"] = tuple(args.missing.split(","))
+    preset = getattr(args, "preset", "none")
+    try:
+        if preset == "abide":
+            return PhenotypeMapping.abide(**fields)
+        if preset == "bids":
+            return PhenotypeMapping.bids(**fields)
+        return PhenotypeMapping(**fields)
+    except TypeError as e:
+        raise ValueError(
+            f"--map: {e} (fields: subject_id, age, sex, diagnosis, site, tr, session, fiq, mean_fd)"
+        ) from None
+
+
+def _run_files(args: argparse.Namespace) -> int:
+    from fmrilm.data import IngestReport, StoreMetadata
+    from fmrilm.data.phenotypes import read_phenotypes
+    from fmrilm.data.readers import expand_paths, iter_timeseries_files
+
+    mapping = _mapping(args)
+    table = read_phenotypes(args.phenotypes, mapping)
+    paths = expand_paths(args.timeseries if len(args.timeseries) > 1 else args.timeseries[0])
+    report = IngestReport(source=", ".join(args.timeseries))
+    policy = _policy(args)
+    records = iter_timeseries_files(
+        paths,
+        table,
+        mapping,
+        subject_pattern=args.subject_pattern,
+        tr=args.tr,
+        site=args.site,
+        report=report,
+        on_unreadable=policy.unreadable,
+        on_no_phenotype=policy.no_phenotype,
+        key=args.key,
+        transpose=args.transpose,
+    )
+    meta = StoreMetadata(
+        source=f"ROI time-series files ({len(paths)}), phenotypes {args.phenotypes}",
+        preprocessing={"reader": "fmrilm.data.readers"},
+    )
+    return _build(args, records, len(paths), meta, report)
+
+
+def _run_nifti(args: argparse.Namespace) -> int:
+    from fmrilm.data import IngestReport, StoreMetadata
+    from fmrilm.data.nifti import atlas_labels, iter_bids_scans
+    from fmrilm.data.phenotypes import read_phenotypes
+
+    mapping = _mapping(args) if args.phenotypes else None
+    table = read_phenotypes(args.phenotypes, mapping) if args.phenotypes else None
+    report = IngestReport(source=str(args.root))
+    policy = _policy(args)
+    kw = {"bold_glob": args.bold_glob} if args.bold_glob else {}
+    records = iter_bids_scans(
+        args.root,
+        args.atlas,
+        phenotypes=table,
+        mapping=mapping,
+        confounds=args.confounds.split(",") if args.confounds else None,
+        tr=args.tr,
+        site=args.site,
+        report=report,
+        on_unreadable=policy.unreadable,
+        on_no_phenotype=policy.no_phenotype,
+        on_missing_tr=policy.missing_tr,
+        **kw,
+    )
+    meta = StoreMetadata(
+        atlas=args.atlas.name,
+        source=f"BIDS/fMRIPrep tree {args.root}",
+        roi_labels=[str(v) for v in atlas_labels(args.atlas)],
+        preprocessing={"masker": "nilearn NiftiLabelsMasker", "confounds": args.confounds or None},
+    )
+    return _build(args, records, None, meta, report)
+
+
+def _run_brainlm(args: argparse.Namespace) -> int:
+    from fmrilm.data import IngestReport, StoreMetadata
+    from fmrilm.data.brainlm import iter_brainlm_scans
+
+    mapping = _mapping(args)
+    report = IngestReport(source=str(args.path))
+    policy = _policy(args)
+    records = iter_brainlm_scans(
+        args.path,
+        mapping,
+        recording_column=args.recording_column,
+        layout=args.layout,
+        n_rois=args.n_rois,
+        scan_id_column=args.scan_id_column,
+        tr=args.tr,
+        site=args.site,
+        report=report,
+        on_unreadable=policy.unreadable,
+        on_no_phenotype=policy.no_phenotype,
+    )
+    meta = StoreMetadata(
+        source=f"BrainLM-format dataset {args.path}",
+        preprocessing={"reader": "fmrilm.data.brainlm"},
+    )
+    return _build(args, records, None, meta, report)
 
 
 def _run_abide(args: argparse.Namespace) -> int:
@@ -196,6 +381,7 @@ def summary(store) -> dict:
         "kept": report.n_kept,
         "skipped": report.skip_counts(),
         "skipped_scans": [s.__dict__ for s in report.skipped],
+        "warnings": report.warnings,
         "scans_with_masked_rois": len(report.masked_rois),
         "masked_roi_columns": sum(len(v) for v in report.masked_rois.values()),
     }

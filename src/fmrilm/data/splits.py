@@ -112,10 +112,10 @@ def heldout_sites_split(
             sites.append(s)
             n += counts[s]
         sites = sorted(sites)
-        if len(sites) == len(counts):
-            raise ValueError(
-                f"holding out enough sites would leave no training site; sites: {dict(counts)}"
-            )
+    if len(sites) == len(counts):
+        raise ValueError(
+            f"holding out sites {sites} would leave no training site; sites: {dict(counts)}"
+        )
     rest = site_of[~site_of.isin(sites)].reset_index()
     inner = SplitConfig(
         val_fraction=config.val_fraction / max(1e-9, 1 - config.test_fraction),
@@ -127,11 +127,28 @@ def heldout_sites_split(
     return out, sites
 
 
-def make_splits(subjects: pd.DataFrame, config: SplitConfig) -> dict[str, dict]:
-    """Both split schemes, as stored in a store's ``splits.json``."""
-    stratified = site_stratified_split(subjects, config)
-    heldout, sites = heldout_sites_split(subjects, config)
-    return {
-        "site_stratified": {"config": config.to_dict(), "assignments": stratified},
-        "heldout_sites": {"config": config.to_dict(), "sites": sites, "assignments": heldout},
+def make_splits(subjects: pd.DataFrame, config: SplitConfig) -> tuple[dict[str, dict], list[str]]:
+    """The split schemes stored in a store's ``splits.json``, and warnings.
+
+    ``heldout_sites`` needs at least two sites; a single-site store gets ``site_stratified``
+    alone and a warning that says why (named held-out sites that cannot be honoured are an error).
+    """
+    schemes = {
+        "site_stratified": {
+            "config": config.to_dict(),
+            "assignments": site_stratified_split(subjects, config),
+        }
     }
+    warnings = []
+    try:
+        heldout, sites = heldout_sites_split(subjects, config)
+        schemes["heldout_sites"] = {
+            "config": config.to_dict(),
+            "sites": sites,
+            "assignments": heldout,
+        }
+    except ValueError as e:
+        if config.heldout_sites is not None:
+            raise
+        warnings.append(f"no heldout_sites split: {e}")
+    return schemes, warnings

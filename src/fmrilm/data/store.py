@@ -22,6 +22,7 @@ from typing import Any
 import datasets
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 from scipy.signal import resample
 from tqdm.auto import tqdm
@@ -176,7 +177,6 @@ def build_store(
     try:
         writer: ArrowWriter | None = None
         for record in tqdm(records, total=total, desc="ingest", unit="scan", disable=not progress):
-            report.n_read += 1
             mask = validator.check(record)
             if mask is None:
                 continue
@@ -202,16 +202,19 @@ def build_store(
             report.n_kept += 1
         if writer is None:
             raise ValueError(
-                f"no scan was kept out of {report.n_read} read; skipped: {report.skip_counts()}"
+                f"no scan was kept out of {len(report.skipped)} read; skipped: {report.skip_counts()}"
             )
         writer.finalize()
         writer.close()
+        # Every scan read was kept or skipped, by a reader (unreadable, no phenotype) or here.
+        report.n_read = report.n_kept + len(report.skipped)
         metadata.n_rois = validator.n_rois
         if metadata.roi_labels and len(metadata.roi_labels) != metadata.n_rois:
             raise ValueError(f"{len(metadata.roi_labels)} ROI labels for {metadata.n_rois} ROIs")
         scans = datasets.Dataset.from_file(str(tmp / SCANS_FILE))
         subjects = scans.select_columns(["subject_id", "site"]).to_pandas()
-        splits = make_splits(subjects, split)
+        splits, split_warnings = make_splits(subjects, split)
+        report.warnings.extend(split_warnings)
         (tmp / SPLITS_FILE).write_text(json.dumps(splits, indent=1))
         del scans
         _write_scalers(tmp, splits, split.seed)
@@ -262,7 +265,7 @@ def _write_scalers(folder: Path, splits: dict[str, dict], seed: int) -> None:
 
 
 class DatasetStore:
-    """A store opened for reading; the scans stay memory-mapped on disk.
+    """A store opened for reading; the scans stay on disk and are read on demand.
 
     Use :func:`open_store` to open one.
     """
@@ -277,19 +280,41 @@ class DatasetStore:
         self._index_timeseries()
 
     def _index_timeseries(self) -> None:
-        # Zero-copy views into the memory-mapped Arrow buffers: (row -> chunk, value range).
-        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []
-        self._row_chunk: list[tuple[int, int]] = []
-        column = self.scans.data.table.column("timeseries")
-        for c, chunk in enumerate(column.chunks):
+        # File offset and length of each scan's float32 values, so that reads are plain
+        # positional reads (os.pread) of just the bytes asked for: they go through the page
+        # cache without mapping the file, so a process's resident memory stays flat however
+        # large the store and however much of it is read.
+        file = str(self.path / SCANS_FILE)
+        mapped = pa.memory_map(file)
+        base = mapped.read_buffer(1).address
+        mapped.seek(0)
+        column = pa.ipc.open_stream(mapped).read_all().column("timeseries")
+        offsets, lengths = [], []
+        for chunk in column.chunks:
             storage = chunk.storage
-            inner = storage.values
-            rows = storage.offsets.to_numpy()
-            inner_offsets = inner.offsets.to_numpy()
-            flat = inner.values.to_numpy(zero_copy_only=True)
-            self._chunks.append((flat, inner_offsets[rows]))
-            self._row_chunk.extend((c, r) for r in range(len(storage)))
+            inner, values = storage.values, storage.values.values
+            first = values.buffers()[1].address - base + values.offset * 4
+            bounds = inner.offsets.to_numpy()[storage.offsets.to_numpy()]
+            offsets.append(first + bounds[:-1].astype(np.int64) * 4)
+            lengths.append(np.diff(bounds))
+        mapped.close()
         self.n_rois = int(self.scans.features["timeseries"].shape[1])
+        self._offsets = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+        self._n_timepoints = (
+            np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        ) // self.n_rois
+        self._file = file
+        self._fd: int | None = None
+        self._fd_pid = -1
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._fd_pid != os.getpid():
+            self._fd, self._fd_pid = os.open(self._file, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None and self._fd_pid == os.getpid():
+            os.close(self._fd)
 
     def __len__(self) -> int:
         return self.scans.num_rows
@@ -297,11 +322,22 @@ class DatasetStore:
     def __repr__(self) -> str:
         return f"DatasetStore({str(self.path)!r}, scans={len(self)}, rois={self.n_rois})"
 
-    def timeseries(self, i: int) -> np.ndarray:
-        """Raw (T, R) float32 series of row ``i``: a read-only view, no copy."""
-        c, r = self._row_chunk[i]
-        flat, bounds = self._chunks[c]
-        return flat[bounds[r] : bounds[r + 1]].reshape(-1, self.n_rois)
+    def timeseries(self, i: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Raw (T, R) float32 series of row ``i``, or its time points ``start:stop``.
+
+        Only the bytes asked for are read.
+        """
+        n = int(self._n_timepoints[i])
+        stop = n if stop is None else min(stop, n)
+        if not 0 <= start <= stop:
+            raise IndexError(f"time points {start}:{stop} out of range for scan {i} of length {n}")
+        count = (stop - start) * self.n_rois
+        data = os.pread(
+            self._descriptor(), count * 4, int(self._offsets[i]) + start * self.n_rois * 4
+        )
+        if len(data) != count * 4:
+            raise OSError(f"{self._file}: short read for scan {i}; the store is truncated")
+        return np.frombuffer(data, dtype=np.float32).reshape(stop - start, self.n_rois)
 
     @property
     def table(self) -> pd.DataFrame:
