@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fmrilm.data.phenotypes import PhenotypeMapping, normalize_subject_id, standard_fields
 from fmrilm.data.records import ScanRecord
 from fmrilm.data.store import StoreMetadata
 
@@ -38,59 +38,28 @@ ABIDE_TR = {
     "USM": 2.0,
     "YALE": 2.0,
 }
-ABIDE_MISSING = (-9999, -9999.0, "-9999", "")
 SAMPLE_NPZ = "abide_sample_cc200.npz"
 SAMPLE_PHENOTYPES = "abide_sample_phenotypes.csv"
-
-
-def _number(value: Any) -> float:
-    """Float, with ABIDE's missing codes (-9999, empty) and unparseable text as NaN."""
-    if value is None or value in ABIDE_MISSING:
-        return float("nan")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-    return float("nan") if v == -9999 or math.isnan(v) else v
+ABIDE_MAPPING = PhenotypeMapping.abide()
 
 
 def abide_record(row: pd.Series | dict, timeseries: np.ndarray, source: str) -> ScanRecord:
-    """A ScanRecord from one row of the PCP phenotype table and its (T, R) series."""
-    row = dict(row)
-    site = str(row["SITE_ID"])
-    sex = {1: "male", 2: "female"}.get(
-        int(_number(row.get("SEX"))) if not math.isnan(_number(row.get("SEX"))) else 0
-    )
-    dx = {1: "autism", 2: "control"}.get(
-        int(_number(row.get("DX_GROUP"))) if not math.isnan(_number(row.get("DX_GROUP"))) else 0
-    )
-    raw = {
-        k: (None if _is_missing(v) else v)
-        for k, v in row.items()
-        if not str(k).startswith("Unnamed")
-    }
+    """A ScanRecord from one row of the PCP phenotype table and its (T, R) series.
+
+    Phenotypes go through :meth:`PhenotypeMapping.abide` (``-9999`` and empty cells are
+    missing); the TR comes from the site table.
+    """
+    row = {k: v for k, v in dict(row).items() if not str(k).startswith("Unnamed")}
+    fields = standard_fields(row, ABIDE_MAPPING, source=source)
+    fields.pop("tr")
     return ScanRecord(
         scan_id=str(row["FILE_ID"]),
-        subject_id=str(int(_number(row["SUB_ID"]))),
+        subject_id=normalize_subject_id(row["SUB_ID"]),
         timeseries=timeseries,
-        site=site,
-        tr=ABIDE_TR.get(site),
-        age=_number(row.get("AGE_AT_SCAN")),
-        sex=sex,
-        diagnosis=dx,
-        fiq=_number(row.get("FIQ")),
-        mean_fd=_number(row.get("func_mean_fd")),
-        phenotypes=raw,
+        tr=ABIDE_TR.get(fields["site"]),
         source=source,
+        **fields,
     )
-
-
-def _is_missing(v: Any) -> bool:
-    if v is None:
-        return True
-    if isinstance(v, float) and math.isnan(v):
-        return True
-    return v in ABIDE_MISSING if isinstance(v, (int, float, str)) else False
 
 
 def iter_abide_pcp(
