@@ -7,7 +7,13 @@ import importlib
 import sys
 
 # Stage modules that register subcommands: each has add_parser(subparsers) and run(args).
-STAGES = ("fmrilm.cli.data", "fmrilm.cli.baselines", "fmrilm.cli.tokenizer")
+STAGES = (
+    "fmrilm.cli.data",
+    "fmrilm.cli.baselines",
+    "fmrilm.cli.tokenizer",
+    "fmrilm.cli.lm",
+    "fmrilm.cli.study",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

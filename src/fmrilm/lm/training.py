@@ -1,0 +1,593 @@
+"""Fine-tuning the fMRI language model with Lightning.
+
+Pipeline of :func:`train`:
+
+1. open the store; windows of the training split of ``scheme`` (:class:`fmrilm.data.WindowDataset`,
+   scaled with that scheme's training statistics) are encoded once by the fMRI tokenizer and
+   cached (``codes_<scheme>_train.npz`` in the run folder);
+2. tasks (answer sets, numeric grids, class shares) are fitted on the training split;
+3. every step draws ``batch_size`` windows; each gets ``questions_per_example`` of its labelled
+   tasks in random order. The batch of step ``s`` depends only on ``(seed, s)``, so a run resumed
+   from a checkpoint (``resume=True``, e.g. after SIGKILL) continues the same sequence;
+4. checkpoints hold only the trainable weights (LoRA + new rows, or everything for full
+   fine-tuning) with the optimizer state; the final model is written with
+   :meth:`fmrilm.lm.FMRILanguageModel.save_pretrained` to ``<out_dir>/model``.
+
+bf16 autocast is used on CUDA only (``precision: auto``); on CPU training runs in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fmrilm.lm.config import LMConfig
+from fmrilm.lm.model import FMRILanguageModel
+from fmrilm.lm.tasks import TaskSpec, build_tasks
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "LMTrainingModule",
+    "QADataset",
+    "encode_windows",
+    "find_resume_checkpoint",
+    "merge_config",
+    "scan_labels",
+    "train",
+]
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "base_model": "smollm2",
+    "gguf_file": None,
+    "fmri_tokenizer": None,
+    "store": None,
+    "scheme": "site_stratified",
+    "targets": ["age", "sex", "diagnosis"],
+    "task_kinds": {},
+    "questions": {},
+    "out_dir": "runs/lm",
+    "seed": 0,
+    "model": {
+        "layout": "compact",
+        "layout_rois": None,
+        "compact_rois": 16,
+        "patch_stride": 1,
+        "init": "codebook",
+        "finetune": "lora",
+        "lora_r": 8,
+        "lora_alpha": 16.0,
+        "lora_dropout": 0.0,
+        "lora_target_modules": ["q_proj", "v_proj"],
+        "questions_per_example": 1,
+        "grid_size": 41,
+    },
+    "data": {"window_length": None, "stride": 80, "encode_batch_size": 64},
+    "train": {
+        "max_steps": 200,
+        "batch_size": 8,
+        "lr": 2e-3,
+        "weight_decay": 0.0,
+        "warmup_steps": 10,
+        "grad_clip": 1.0,
+        "checkpoint_every_n_steps": 25,
+        "log_every_n_steps": 5,
+        "accelerator": "auto",
+        "devices": 1,
+        "strategy": "auto",
+        "precision": "auto",
+        "progress_bar": False,
+        "num_threads": None,
+    },
+}
+
+
+def merge_config(base: dict, override: dict) -> dict:
+    """Recursive dict merge (``override`` wins); unknown top-level keys raise ``ValueError``."""
+    out = json.loads(json.dumps(base))
+    for k, v in (override or {}).items():
+        if k not in out:
+            raise ValueError(f"unknown LM config key {k!r}; known: {sorted(out)}")
+        if isinstance(out[k], dict) and isinstance(v, dict):
+            unknown = set(v) - set(out[k])
+            if unknown and k in ("model", "data", "train"):
+                raise ValueError(f"unknown keys in {k!r}: {sorted(unknown)}")
+            out[k].update(v)
+        else:
+            out[k] = v
+    return out
+
+
+# ------------------------------------------------------------------------------ data
+
+
+@torch.no_grad()
+def encode_windows(
+    store,
+    fmri_tokenizer,
+    *,
+    split: str | None,
+    scheme: str,
+    window_length: int,
+    stride: int,
+    batch_size: int = 64,
+    rows: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Codes of every window of a split (or of given store ``rows``).
+
+    Returns
+    -------
+    dict
+        ``codes`` (N, R, P) int32, ``scan_index`` (N,), ``start`` (N,),
+        ``n_scans_without_window`` (scans shorter than a window).
+    """
+    from fmrilm.data import WindowDataset
+
+    ds = WindowDataset(
+        store, split=split, scheme=scheme, window_length=window_length, stride=stride
+    )
+    index = ds.index
+    if rows is not None:
+        keep = np.isin(index[:, 0], np.asarray(rows))
+        positions = np.flatnonzero(keep)
+    else:
+        positions = np.arange(len(index))
+    try:
+        device = next(fmri_tokenizer.parameters()).device
+    except (AttributeError, StopIteration):
+        device = torch.device("cpu")
+    codes = []
+    for s in range(0, len(positions), batch_size):
+        items = [ds[int(i)] for i in positions[s : s + batch_size]]
+        w = torch.stack([it["window"] for it in items]).to(device)
+        codes.append(fmri_tokenizer.encode(w).cpu().numpy().astype(np.int32))
+    if codes:
+        all_codes = np.concatenate(codes)
+    else:
+        all_codes = np.zeros((0, 0, 0), dtype=np.int32)
+    return {
+        "codes": all_codes,
+        "scan_index": index[positions, 0].astype(np.int64),
+        "start": index[positions, 1].astype(np.int64),
+        "n_scans_without_window": np.asarray(ds.n_scans_without_window),
+    }
+
+
+def scan_labels(table, tasks: list[TaskSpec]) -> np.ndarray:
+    """Answer index per scan and task, ``(n_scans, n_tasks)``; -1 where the target is missing."""
+    from fmrilm.baselines.clinical import target_values
+
+    out = np.full((len(table), len(tasks)), -1, dtype=np.int64)
+    for j, t in enumerate(tasks):
+        values = target_values(table, t.name).to_numpy(dtype=object)
+        out[:, j] = [t.answer_index(v) for v in values]
+    return out
+
+
+class StepSampler(Sampler):
+    """Global example numbers of steps ``start_step .. total_steps`` for one rank.
+
+    Step ``s`` of rank ``r`` among ``world`` ranks takes examples
+    ``(s * world + r) * batch_size + j``: the ranks see different examples, and the examples of
+    a step do not depend on where a run was interrupted.
+    """
+
+    def __init__(self, batch_size: int, total_steps: int, rank: int = 0, world: int = 1):
+        self.batch_size, self.total_steps, self.start_step = batch_size, total_steps, 0
+        self.rank, self.world = rank, world
+
+    def __iter__(self):
+        b = self.batch_size
+        for s in range(self.start_step, self.total_steps):
+            first = (s * self.world + self.rank) * b
+            yield from range(first, first + b)
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step) * self.batch_size
+
+
+class QADataset(Dataset):
+    """Training examples: example ``g`` depends only on ``(seed, g)``.
+
+    Windows are visited in a fresh permutation per epoch; each gets up to
+    ``questions_per_example`` of its labelled tasks in random order.
+    """
+
+    def __init__(
+        self,
+        model: FMRILanguageModel,
+        codes: np.ndarray,
+        window_scan: np.ndarray,
+        labels: np.ndarray,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        questions_per_example: int = 1,
+    ):
+        has = (labels[window_scan] >= 0).any(axis=1)
+        if not has.any():
+            raise ValueError("no training window has a label for any task")
+        self.model = model
+        self.codes = torch.from_numpy(np.asarray(codes[has], dtype=np.int64))
+        self.window_labels = labels[window_scan[has]]
+        self.batch_size, self.seed, self.q = batch_size, seed, questions_per_example
+        self.n = len(self.codes)
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:  # examples are addressed by number, without end
+        return 2**62
+
+    def window_of(self, g: int) -> int:
+        epoch, k = divmod(int(g), self.n)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        return int(self._perm[1][k])
+
+    def __getitem__(self, g: int):
+        w = self.window_of(g)
+        rng = np.random.default_rng([self.seed, 1, int(g)])
+        avail = np.flatnonzero(self.window_labels[w] >= 0)
+        chosen = rng.permutation(avail)[: self.q]
+        tasks = self.model.tasks
+        qa = [(tasks[j], int(self.window_labels[w, j])) for j in chosen]
+        return self.model.example(self.codes[w], qa)
+
+
+# ---------------------------------------------------------------------------- module
+
+
+class LMTrainingModule(L.LightningModule):
+    """Lightning wrapper: AdamW on the trainable weights, linear warmup then cosine decay.
+
+    Checkpoints hold only the trainable weights (``strict_loading = False``), so a LoRA
+    checkpoint of SmolLM2-135M is a few MB instead of 0.5 GB.
+    """
+
+    def __init__(self, model: FMRILanguageModel, train_cfg: dict):
+        super().__init__()
+        self.model = model
+        self.tcfg = train_cfg
+        self.strict_loading = False
+        self.tokens_seen = 0
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(
+            params, lr=float(self.tcfg["lr"]), weight_decay=float(self.tcfg["weight_decay"])
+        )
+        warm, total = int(self.tcfg["warmup_steps"]), max(1, int(self.tcfg["max_steps"]))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / max(1, warm)
+            progress = (step - warm) / max(1, total - warm)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def training_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.global_step}")
+        n_tok = int(batch["attention_mask"].sum())
+        self.tokens_seen += n_tok
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, batch_size=1)
+        self.log("tokens", float(n_tok), on_step=True, batch_size=1)
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        if not keep:
+            raise RuntimeError("no trainable parameter to checkpoint")
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["fmrilm_tokens_seen"] = self.tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        expected = {n for n, p in self.named_parameters() if p.requires_grad}
+        if set(checkpoint["state_dict"]) != expected:
+            raise ValueError(
+                "the checkpoint's trainable weights do not match this model "
+                f"({len(checkpoint['state_dict'])} saved, {len(expected)} expected)"
+            )
+        self.tokens_seen = int(checkpoint.get("fmrilm_tokens_seen", 0))
+
+
+class _Throughput(Callback):
+    """Wall time and tokens of the steps run in this process."""
+
+    def __init__(self):
+        self.t0, self.steps, self.tokens0 = None, 0, 0
+
+    def on_train_start(self, trainer, pl_module):
+        self.t0, self.tokens0 = time.time(), pl_module.tokens_seen
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps += 1
+
+
+def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """Newest checkpoint in ``ckpt_dir`` that loads (a file cut short by a kill is skipped)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.exists():
+        return None
+    cands = []
+    for f in ckpt_dir.glob("*.ckpt"):
+        try:
+            c = torch.load(f, map_location="cpu", weights_only=False)
+            cands.append((int(c.get("global_step", -1)), f.stat().st_mtime, f))
+        except Exception:  # noqa: BLE001 - a truncated file is skipped
+            continue
+    return max(cands)[2] if cands else None
+
+
+def _config_repr(cfg: Any) -> str:
+    if hasattr(cfg, "to_dict"):
+        return json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    return (
+        json.dumps(vars(cfg), sort_keys=True, default=str) if hasattr(cfg, "__dict__") else str(cfg)
+    )
+
+
+def _precision(tcfg: dict) -> str:
+    if tcfg.get("precision", "auto") != "auto":
+        return tcfg["precision"]
+    acc = tcfg.get("accelerator", "auto")
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed"
+    return "32-true"
+
+
+def load_fmri_tokenizer(path: str | Path):
+    """``FMRITokenizer.from_pretrained(path)``."""
+    from fmrilm.tokenizer import FMRITokenizer
+
+    return FMRITokenizer.from_pretrained(path)
+
+
+def train(
+    config: dict,
+    *,
+    resume: bool = False,
+    fmri_tokenizer=None,
+    base_lm=None,
+    base_tokenizer=None,
+    extra_callbacks: list[Callback] | None = None,
+    trainer_overrides: dict | None = None,
+) -> dict[str, Any]:
+    """Fine-tune an LM on a store's training split; write ``<out_dir>/model``.
+
+    Parameters
+    ----------
+    config : dict
+        Merged over :data:`DEFAULT_CONFIG` (see ``configs/lm.yaml``).
+    resume : bool
+        Continue from the newest loadable checkpoint of ``<out_dir>/checkpoints``.
+    fmri_tokenizer : object, optional
+        Tokenizer protocol object (default: ``FMRITokenizer.from_pretrained(config
+        ["fmri_tokenizer"])``).
+    base_lm, base_tokenizer : optional
+        Already loaded base LM and tokenizer (default: ``config["base_model"]``).
+    extra_callbacks, trainer_overrides : optional
+        Passed to ``lightning.Trainer``.
+
+    Returns
+    -------
+    dict
+        ``out_dir``, ``model_dir``, ``global_step``, ``train_seconds``, ``resumed_from``,
+        ``tokens_per_second``, ``windows_per_second``, ``n_train_windows``, ``budget``.
+    """
+    from fmrilm.data import open_store
+
+    cfg = merge_config(DEFAULT_CONFIG, config)
+    if cfg["train"]["num_threads"]:
+        torch.set_num_threads(int(cfg["train"]["num_threads"]))
+    seed = int(cfg["seed"])
+    L.seed_everything(seed, workers=True)
+    mcfg, dcfg, tcfg = cfg["model"], cfg["data"], cfg["train"]
+    out_dir = Path(cfg["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    if cfg["store"] is None:
+        raise ValueError("config 'store' is required")
+    store = open_store(cfg["store"])
+    scheme = cfg["scheme"]
+    if fmri_tokenizer is None:
+        if not cfg["fmri_tokenizer"]:
+            raise ValueError("config 'fmri_tokenizer' (a tokenizer folder) is required")
+        fmri_tokenizer = load_fmri_tokenizer(cfg["fmri_tokenizer"])
+    tok_cfg = fmri_tokenizer.config
+    window_length = int(dcfg["window_length"] or getattr(tok_cfg, "window_length", 160))
+    stride = int(dcfg["stride"])
+
+    # 1. codes of the training windows, cached
+    cache = out_dir / f"codes_{scheme}_train.npz"
+    stamp = json.dumps(
+        {
+            "store": str(Path(cfg["store"]).resolve()),
+            "fmri_tokenizer": str(cfg["fmri_tokenizer"]),
+            "tokenizer_config": _config_repr(tok_cfg),
+            "window_length": window_length,
+            "stride": stride,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    enc = None
+    if cache.exists():
+        enc = dict(np.load(cache))
+        if str(enc.pop("stamp", "")) != stamp:  # another tokenizer / store / windowing
+            enc = None
+    if enc is None:
+        enc = encode_windows(
+            store,
+            fmri_tokenizer,
+            split="train",
+            scheme=scheme,
+            window_length=window_length,
+            stride=stride,
+            batch_size=int(dcfg["encode_batch_size"]),
+        )
+        np.savez(cache, **enc, stamp=np.asarray(stamp))
+    if len(enc["codes"]) == 0:
+        raise ValueError("the training split has no window (scans shorter than window_length?)")
+    n_rois, n_patches = enc["codes"].shape[1:]
+
+    # 2. tasks fitted on the training split
+    table = store.table.reset_index(drop=True)
+    train_rows = store.split_indices(scheme)["train"]
+    tasks = build_tasks(
+        table,
+        train_rows,
+        list(cfg["targets"]),
+        kinds=cfg["task_kinds"],
+        questions=cfg["questions"],
+        grid_size=int(mcfg["grid_size"]),
+    )
+    labels = scan_labels(table, tasks)
+    for j, t in enumerate(tasks):
+        if t.kind == "classification":
+            y = labels[train_rows, j]
+            counts = np.bincount(y[y >= 0], minlength=len(t.answers)).astype(float)
+            t.extra["train_shares"] = (counts / max(1.0, counts.sum())).tolist()
+    scaler = store.scaler(scheme)
+    lm_config = LMConfig(
+        base_model=cfg["base_model"],
+        gguf_file=cfg["gguf_file"],
+        codebook_size=int(tok_cfg.codebook_size),
+        n_rois=int(n_rois),
+        n_patches=int(n_patches),
+        window_length=window_length,
+        stride=stride,
+        layout=mcfg["layout"],
+        layout_rois=mcfg["layout_rois"],
+        compact_rois=int(mcfg["compact_rois"]),
+        patch_stride=int(mcfg["patch_stride"]),
+        init=mcfg["init"],
+        finetune=mcfg["finetune"],
+        lora_r=int(mcfg["lora_r"]),
+        lora_alpha=float(mcfg["lora_alpha"]),
+        lora_dropout=float(mcfg["lora_dropout"]),
+        lora_target_modules=list(mcfg["lora_target_modules"]),
+        tasks=[t.to_dict() for t in tasks],
+        questions_per_example=int(mcfg["questions_per_example"]),
+        scheme=scheme,
+        seed=seed,
+        extra={
+            "store": str(cfg["store"]),
+            "fmri_tokenizer": str(cfg["fmri_tokenizer"]) if cfg["fmri_tokenizer"] else None,
+            "scaler": {
+                "scheme": scheme,
+                "median": np.asarray(scaler.median, dtype=float).tolist(),
+                "iqr": np.asarray(scaler.iqr, dtype=float).tolist(),
+            },
+        },
+    )
+    model = FMRILanguageModel.build(lm_config, fmri_tokenizer, lm=base_lm, tokenizer=base_tokenizer)
+
+    # 3. data, module, trainer
+    bs = int(tcfg["batch_size"])
+    dataset = QADataset(
+        model,
+        enc["codes"],
+        enc["scan_index"],
+        labels,
+        batch_size=bs,
+        seed=seed,
+        questions_per_example=lm_config.questions_per_example,
+    )
+    module = LMTrainingModule(model, tcfg)
+    ckpt_path = find_resume_checkpoint(ckpt_dir) if resume else None
+    (out_dir / "config.resolved.json").write_text(json.dumps(cfg, indent=2, default=str))
+    throughput = _Throughput()
+    callbacks: list[Callback] = [
+        ModelCheckpoint(
+            dirpath=str(ckpt_dir),
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=int(tcfg["checkpoint_every_n_steps"]),
+            save_top_k=2,
+            monitor="step",
+            mode="max",
+            save_last=True,
+        ),
+        throughput,
+        *(extra_callbacks or []),
+    ]
+    kw = dict(
+        max_steps=int(tcfg["max_steps"]),
+        max_epochs=-1,
+        accelerator=tcfg["accelerator"],
+        devices=tcfg["devices"],
+        strategy=tcfg["strategy"],
+        precision=_precision(tcfg),
+        callbacks=callbacks,
+        logger=CSVLogger(str(out_dir), name="logs", version=0),
+        log_every_n_steps=int(tcfg["log_every_n_steps"]),
+        enable_progress_bar=bool(tcfg["progress_bar"]),
+        gradient_clip_val=float(tcfg["grad_clip"]) if tcfg["grad_clip"] else None,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+    kw.update(trainer_overrides or {})
+    trainer = L.Trainer(**kw)
+
+    class _DM(L.LightningDataModule):
+        def train_dataloader(self_inner):
+            sampler = StepSampler(
+                bs, int(tcfg["max_steps"]), trainer.global_rank, trainer.world_size
+            )
+            sampler.start_step = int(trainer.global_step)
+            return DataLoader(
+                dataset, batch_size=bs, sampler=sampler, collate_fn=model.collate, num_workers=0
+            )
+
+    model.train()  # transformers loads models in eval mode
+    t0 = time.time()
+    trainer.fit(module, datamodule=_DM(), ckpt_path=str(ckpt_path) if ckpt_path else None)
+    seconds = time.time() - t0
+    model_dir = out_dir / "model"
+    tokens = module.tokens_seen - throughput.tokens0
+    from fmrilm.lm.layouts import compute_budget
+
+    base = model.base_model
+    n_params = model.n_parameters()
+    budget = compute_budget(
+        model.layout,
+        n_params=n_params["total"],
+        n_layers=int(getattr(base.config, "num_hidden_layers", 0) or 0),
+        d_model=int(getattr(base.config, "hidden_size", 0) or 0),
+        batch_size=bs,
+        trainable_fraction=n_params["trainable"] / max(1, n_params["total"]),
+    )
+    summary = {
+        "global_step": int(trainer.global_step),
+        "steps_this_run": throughput.steps,
+        "train_seconds": seconds,
+        "resumed_from": str(ckpt_path) if ckpt_path else None,
+        "tokens_per_second": tokens / seconds if seconds > 0 else None,
+        "windows_per_second": throughput.steps * bs / seconds if seconds > 0 else None,
+        "n_train_windows": int(dataset.n),
+        "n_scans_without_window": int(enc["n_scans_without_window"]),
+        "parameters": n_params,
+        "budget": budget,
+        "pid": os.getpid(),
+    }
+    if trainer.is_global_zero:
+        model.config.extra["train_summary"] = summary
+        model.save_pretrained(model_dir)
+        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return {"out_dir": str(out_dir), "model_dir": str(model_dir), "model": model, **summary}

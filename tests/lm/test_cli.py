@@ -1,0 +1,137 @@
+"""``fmrilm lm`` train / evaluate / predict on the bundled sample through the CLI functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from fmrilm.cli import lm as cli_lm
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="fmrilm")
+    cli_lm.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def _run(argv):
+    args = _parser().parse_args(argv)
+    return args.run(args)
+
+
+@pytest.fixture(scope="module")
+def fmri_tokenizer_dir(tmp_path_factory):
+    tok = pytest.importorskip("fmrilm.tokenizer")
+    cfg = tok.TokenizerConfig(
+        n_rois=200,
+        window_length=160,
+        patch_length=20,
+        d_model=16,
+        n_heads=2,
+        encoder_layers=1,
+        decoder_layers=1,
+        codebook_size=16,
+        code_dim=8,
+        kmeans_init=False,
+        lm_dim=32,
+        projector_hidden=16,
+        discriminator_hidden=16,
+    )
+    folder = tmp_path_factory.mktemp("fmri_tok") / "tok"
+    tok.FMRITokenizer(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_cli_train_evaluate_predict(
+    sample_store, tiny_lm_dir, fmri_tokenizer_dir, tmp_path, capsys
+):
+    cfg = tmp_path / "lm.yaml"
+    cfg.write_text(
+        "model:\n  compact_rois: 8\n  lora_r: 2\n"
+        "train:\n  batch_size: 2\n  checkpoint_every_n_steps: 2\n  warmup_steps: 1\n"
+    )
+    out = tmp_path / "run"
+    rc = _run(
+        [
+            "lm",
+            "train",
+            "--config",
+            str(cfg),
+            "--store",
+            str(sample_store.path),
+            "--fmri-tokenizer",
+            str(fmri_tokenizer_dir),
+            "--base-model",
+            str(tiny_lm_dir),
+            "--out-dir",
+            str(out),
+            "--max-steps",
+            "2",
+            "--targets",
+            "age,sex",
+        ]
+    )
+    assert rc == 0
+    assert (out / "model" / "fmri_tokenizer" / "config.json").exists()
+    results = tmp_path / "results.json"
+    rc = _run(
+        [
+            "lm",
+            "evaluate",
+            str(out / "model"),
+            str(sample_store.path),
+            "--n-bootstrap",
+            "10",
+            "--baselines",
+            "trivial,site",
+            "--out",
+            str(results),
+        ]
+    )
+    assert rc == 0
+    res = json.loads(results.read_text())
+    assert res["parse_failures"] == 0 and "age_mae" in res["summary"]
+    summary = tmp_path / "lm.json"
+    rc = _run(
+        ["lm", "summarize", str(results), "--ablation", f"random={results}", "--out", str(summary)]
+    )
+    assert rc == 0
+    flat = json.loads(summary.read_text())
+    assert flat["split"] == ["site_stratified"] and "age_mae" in flat and "site_age_mae" in flat
+    assert flat["ablations"]["random"]["age_mae"] == flat["age_mae"]
+    assert flat["parse_failures"] == 0 and "machine" in flat and "date" in flat
+    scan = tmp_path / "scan.npy"
+    np.save(scan, sample_store.timeseries(0))
+    capsys.readouterr()
+    assert _run(["lm", "predict", str(out / "model"), str(scan), "--question", "age"]) == 0
+    assert "90% interval" in capsys.readouterr().out
+    assert _run(["lm", "predict", str(out / "model"), str(scan), "--question", "sex"]) == 0
+    assert "p = " in capsys.readouterr().out
+    # resume: nothing left to do, the step count is kept
+    assert (
+        _run(
+            [
+                "lm",
+                "train",
+                "--config",
+                str(cfg),
+                "--store",
+                str(sample_store.path),
+                "--fmri-tokenizer",
+                str(fmri_tokenizer_dir),
+                "--base-model",
+                str(tiny_lm_dir),
+                "--out-dir",
+                str(out),
+                "--max-steps",
+                "2",
+                "--targets",
+                "age,sex",
+                "--resume",
+            ]
+        )
+        == 0
+    )

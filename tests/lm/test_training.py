@@ -1,0 +1,180 @@
+"""Training on the bundled sample store with a tiny LM: runs, evaluates, resumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from fmrilm.lm.evaluation import evaluate, flat_summary, format_results, predict_scan
+from fmrilm.lm.training import train
+
+from .conftest import FakeFMRITokenizer
+
+
+def _tokenizer():
+    fk = FakeFMRITokenizer(n_rois=200, patch_length=20, codebook_size=8, d_lm=32)
+    fk.config.window_length = 160
+    return fk
+
+
+def _config(store, lm_dir, out, steps=4, **train_kw):
+    return {
+        "base_model": str(lm_dir),
+        "store": str(store.path),
+        "out_dir": str(out),
+        "targets": ["age", "sex", "diagnosis", "FIQ"],
+        "model": {"questions_per_example": 2, "lora_r": 2, "compact_rois": 8},
+        "train": {
+            "max_steps": steps,
+            "batch_size": 2,
+            "checkpoint_every_n_steps": 2,
+            "warmup_steps": 1,
+            **train_kw,
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(sample_store, tiny_lm_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lm_run")
+    res = train(_config(sample_store, tiny_lm_dir, out), fmri_tokenizer=_tokenizer())
+    return res
+
+
+def test_train_writes_model_and_summary(trained):
+    assert trained["global_step"] == 4
+    assert trained["tokens_per_second"] > 0
+    assert trained["budget"]["tokens_per_window"] == 8 * 9 + 2
+    model = trained["model"]
+    assert [t.name for t in model.tasks] == ["age", "sex", "diagnosis", "FIQ"]
+    assert model.task("sex").extra["train_shares"][1] > 0.5  # more males in ABIDE
+    assert trained["out_dir"] and (model.config.extra["scaler"]["scheme"] == "site_stratified")
+
+
+def test_evaluate_against_baselines(trained, sample_store):
+    res = evaluate(
+        trained["model"],
+        sample_store,
+        n_bootstrap=20,
+        baselines=("trivial", "site", "connectivity_correlation"),
+    )
+    assert res["parse_failures"] == 0
+    for name in ("age", "sex", "diagnosis", "FIQ"):
+        t = res["targets"][name]
+        assert list(t["results"])[:2] == ["lm", "trivial"]
+        assert t["results"]["lm"]["n_parse_failures"] == 0
+    age = res["targets"]["age"]["results"]["lm"]["metrics"]["mae"]["value"]
+    assert np.isfinite(age)
+    flat = flat_summary({"site_stratified": res, "heldout_sites": res})
+    for key in (
+        "age_mae",
+        "fc_age_mae",
+        "site_age_mae",
+        "heldout_sites_age_mae",
+        "heldout_sites_fc_sex_auc",
+        "parse_failures",
+        "predicted_age_std_ratio",
+    ):
+        assert key in flat
+    assert len(flat["age_mae_ci95"]) == 2
+    assert "lm" in format_results(res)
+    with pytest.raises(ValueError, match="trained on"):
+        evaluate(trained["model"], sample_store, scheme="heldout_sites", n_bootstrap=0)
+
+
+def test_predict_raw_scan(trained, sample_store):
+    raw = sample_store.timeseries(0)
+    age = predict_scan(trained["model"], raw, "age")
+    assert not age["parse_failure"] and age["interval"][0] <= age["value"] <= age["interval"][1]
+    sex = predict_scan(trained["model"], raw, "sex")
+    assert sum(sex["probabilities"].values()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        predict_scan(trained["model"], raw[:50], "age")
+
+
+class _Interrupt(Callback):
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.at_step:
+            raise KeyboardInterrupt  # stands in for a kill: no checkpoint is written on exit
+
+
+def _trainable(model):
+    return {k: v.detach().clone() for k, v in model.trainable_parameters().items()}
+
+
+def test_resume_continues_the_same_run(sample_store, tiny_lm_dir, tmp_path):
+    ref = train(
+        _config(sample_store, tiny_lm_dir, tmp_path / "a", steps=4), fmri_tokenizer=_tokenizer()
+    )
+    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "b", steps=4)
+    with pytest.raises(BaseException):  # noqa: B017 - the interrupt propagates
+        train(cfg, fmri_tokenizer=_tokenizer(), extra_callbacks=[_Interrupt(3)])
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").exists()
+    res = train(cfg, fmri_tokenizer=_tokenizer(), resume=True)
+    assert res["resumed_from"] is not None and res["steps_this_run"] == 2
+    assert res["global_step"] == 4
+    a, b = _trainable(ref["model"]), _trainable(res["model"])
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_resume_after_sigkill(sample_store, tiny_lm_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(here / "_kill_script.py"),
+            str(tiny_lm_dir),
+            str(sample_store.path),
+            str(out),
+            str(here),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt_dir = out / "checkpoints"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if len(list(ckpt_dir.glob("step*.ckpt"))) >= 2:  # at least step 2 and 4 written
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the training finished or failed before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "model").exists()
+    cfg = {
+        "base_model": str(tiny_lm_dir),
+        "store": str(sample_store.path),
+        "out_dir": str(out),
+        "targets": ["age", "sex"],
+        "model": {"lora_r": 2, "compact_rois": 8},
+        "train": {
+            "max_steps": 12,
+            "batch_size": 2,
+            "checkpoint_every_n_steps": 2,
+            "warmup_steps": 1,
+        },
+    }
+    tok = _tokenizer()
+    res = train(cfg, fmri_tokenizer=tok, resume=True)
+    assert res["resumed_from"] is not None
+    assert res["global_step"] == 12 and 0 < res["steps_this_run"] < 12
+    assert (out / "model" / "trainable.safetensors").exists()
