@@ -24,6 +24,7 @@ import torch
 
 from fmrilm.lm.model import FMRILanguageModel
 from fmrilm.lm.tasks import TaskSpec
+from fmrilm.provenance import commit, machine, utc_now
 
 __all__ = [
     "summarize_runs",
@@ -461,10 +462,6 @@ def summarize_runs(
         init and train seconds), ``train_seconds`` (sum over the main runs), ``commit``,
         ``date``, ``machine``.
     """
-    import datetime
-    import os
-    import platform
-    import subprocess
 
     by_scheme = {r["scheme"]: r for r in results}
     if len(by_scheme) != len(results):
@@ -488,21 +485,9 @@ def summarize_runs(
         }
         for name, r in (ablations or {}).items()
     }
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    out["commit"] = commit
-    out["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    out["machine"] = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+    out["commit"] = commit()
+    out["date"] = utc_now()
+    out["machine"] = f"{machine()}, {torch.get_num_threads()} torch threads"
     return out
 
 

@@ -32,10 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import platform
 import re
-import subprocess
 import threading
 import time
 import traceback
@@ -46,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from fmrilm.provenance import commit, machine
 from fmrilm.study.prefix import LoraSettings, NumericTask
 
 __all__ = [
@@ -310,42 +308,6 @@ class _PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._rss())
-
-
-def _machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
-
-
-def _commit() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _jsonable(x: Any) -> Any:
@@ -958,9 +920,9 @@ def run_study(
         "budgets": config.budgets,
         "lm": config.lm,
         "arms": {name: _summary(r) for name, r in results.items()},
-        "commit": _commit(),
+        "commit": commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": _machine(),
+        "machine": machine(),
         "config": config.to_dict(),
     }
     if report:
