@@ -40,3 +40,11 @@ def test_main_command_runs(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "32 scans, 32 subjects, 7 sites, 200 ROIs (cc200)" in out.stdout
     assert (tmp_path / "fmrilm_sample_store" / "metadata.json").is_file()
+
+
+def test_readme_links_point_to_files():
+    text = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\(((?:docs|src)/[^)]+)\)", text)
+    assert links, "the README links its docs"
+    missing = [link for link in links if not (REPO / link).exists()]
+    assert not missing, f"README links to missing files: {missing}"
