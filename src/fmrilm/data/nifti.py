@@ -22,7 +22,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from fmrilm.data.phenotypes import PhenotypeMapping, lookup_phenotype, standard_fields
+from fmrilm.data.phenotypes import (
+    PhenotypeMapping,
+    empty_fields,
+    lookup_phenotype,
+    standard_fields,
+)
 from fmrilm.data.readers import scan_id_for
 from fmrilm.data.records import IngestError, IngestReport, ScanRecord
 
@@ -369,17 +374,7 @@ def iter_bids_scans(
                 "file name has no BIDS sub-<label> entity",
             )
             continue
-        fields: dict[str, Any] = {
-            "age": math.nan,
-            "sex": None,
-            "diagnosis": None,
-            "fiq": math.nan,
-            "mean_fd": math.nan,
-            "site": "",
-            "tr": None,
-            "session": "",
-            "phenotypes": {},
-        }
+        fields = empty_fields()
         if phenotypes is not None:
             found = lookup_phenotype(phenotypes, subject, session, mapping)
             if found is None:

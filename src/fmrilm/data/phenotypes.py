@@ -376,6 +376,21 @@ def _raw(value: Any, missing_values: tuple[str, ...]) -> Any:
     return value
 
 
+def empty_fields() -> dict[str, Any]:
+    """The fields of :func:`standard_fields` for a scan read without a phenotype table."""
+    return {
+        "age": math.nan,
+        "sex": None,
+        "diagnosis": None,
+        "fiq": math.nan,
+        "mean_fd": math.nan,
+        "site": "",
+        "tr": None,
+        "session": "",
+        "phenotypes": {},
+    }
+
+
 def standard_fields(
     row: Mapping[str, Any] | pd.Series, mapping: PhenotypeMapping, *, source: str = ""
 ) -> dict[str, Any]:

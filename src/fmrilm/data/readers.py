@@ -23,7 +23,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from fmrilm.data.phenotypes import PhenotypeMapping, lookup_phenotype, standard_fields
+from fmrilm.data.phenotypes import (
+    PhenotypeMapping,
+    empty_fields,
+    lookup_phenotype,
+    standard_fields,
+)
 from fmrilm.data.records import IngestError, IngestReport, ScanRecord
 
 Action = Literal["error", "skip"]
@@ -385,17 +390,7 @@ def iter_timeseries_files(
             report.skip(_stem(path), "no_phenotype", detail, source=source)
             continue
         subject, session = parsed
-        fields: dict = {
-            "age": math.nan,
-            "sex": None,
-            "diagnosis": None,
-            "fiq": math.nan,
-            "mean_fd": math.nan,
-            "site": "",
-            "tr": None,
-            "session": "",
-            "phenotypes": {},
-        }
+        fields = empty_fields()
         if phenotypes is not None:
             found = lookup_phenotype(phenotypes, subject, session, mapping)
             if found is None:
