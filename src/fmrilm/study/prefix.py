@@ -544,14 +544,52 @@ def train_prefix_lm(
     if n == 0 or len(questions) != n or len(answers) != n:
         raise ValueError("need N >= 1 examples with as many questions and answers as features")
     params = [p for p in model.parameters() if p.requires_grad]
+    return train_steps(
+        model,
+        params,
+        n,
+        lambda idx: model(features[idx], [questions[i] for i in idx], [answers[i] for i in idx]),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        max_seconds=max_seconds,
+        seed=seed,
+        progress=progress,
+    )
+
+
+def train_steps(
+    model: nn.Module,
+    params: list[torch.Tensor],
+    n: int,
+    batch_loss: Callable[[list[int]], torch.Tensor],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    max_seconds: float | None = None,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> dict:
+    """AdamW on ``params`` over random batches of example indices in ``range(n)``.
+
+    ``batch_loss(indices)`` returns the loss of one batch. Gradients are clipped at norm 1; a
+    non-finite loss stops with an error naming the step; ``max_seconds`` stops early.
+
+    Returns
+    -------
+    dict
+        ``steps`` done, ``losses`` (list), ``seconds``, ``stopped_by_budget`` (bool).
+    """
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    losses, start, stopped = [], time.perf_counter(), False
-    step = 0
+    losses, start, stopped, step = [], time.perf_counter(), False, 0
     for step in range(1, steps + 1):
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).tolist()
-        loss = model(features[idx], [questions[i] for i in idx], [answers[i] for i in idx])
+        loss = batch_loss(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -17,9 +17,7 @@ study lists the arm as "not run" with that reason.
 
 from __future__ import annotations
 
-import math
 import re
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmrilm.study.prefix import LoraSettings, NumericTask, default_prompt_template, task_predictions
+from fmrilm.study.prefix import (
+    LoraSettings,
+    NumericTask,
+    default_prompt_template,
+    task_predictions,
+    train_steps,
+)
 
 __all__ = [
     "vlm_available",
@@ -392,12 +396,8 @@ def train_vlm(
         raise ValueError("the model has no trainable parameters (load it with lora=...)")
     device = next(model.parameters()).device
     dtype = _float_dtype(model)
-    opt = torch.optim.AdamW(params, lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    losses, start, stopped, step = [], time.perf_counter(), False, 0
-    for step in range(1, steps + 1):
-        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).tolist()
+
+    def batch_loss(idx: list[int]) -> torch.Tensor:
         batch = build_vlm_batch(
             processor,
             [images[i] for i in idx],
@@ -405,24 +405,18 @@ def train_vlm(
             [answers[i] for i in idx],
             prompt_template=prompt_template,
         )
-        loss = model(**_model_inputs(batch, device, dtype)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"non-finite training loss at step {step}")
-        losses.append(value)
-        if progress is not None:
-            progress(step, value)
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            stopped = step < steps
-            break
-    model.eval()
-    return {
-        "steps": step,
-        "losses": losses,
-        "seconds": time.perf_counter() - start,
-        "stopped_by_budget": stopped,
-    }
+        return model(**_model_inputs(batch, device, dtype)).loss
+
+    return train_steps(
+        model,
+        params,
+        n,
+        batch_loss,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=0.01,  # torch's AdamW default, which this loop has always used
+        max_seconds=max_seconds,
+        seed=seed,
+        progress=progress,
+    )
