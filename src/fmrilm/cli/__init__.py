@@ -1,4 +1,4 @@
-"""The `fmrilm` command. Each stage registers its subcommands; nothing imports this package."""
+"""The `fmrilm` command. Stages register their subcommands; only `fmrilm.cli` imports it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,14 @@ STAGES = (
     "fmrilm.cli.lm",
     "fmrilm.cli.study",
 )
+
+
+def csv_list(text: str) -> list[str]:
+    """argparse type: a comma-separated, non-empty list."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated, non-empty list")
+    return items
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,14 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from fmrilm.cli import csv_list
+
 SCHEMES = ("site_stratified", "heldout_sites")
-
-
-def _csv(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated, non-empty list")
-    return items
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,19 +35,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--targets",
-        type=_csv,
+        type=csv_list,
         default=["age", "sex", "diagnosis"],
         help="comma-separated targets: store columns or phenotype keys "
         "(default: age,sex,diagnosis)",
     )
     p.add_argument(
         "--baselines",
-        type=_csv,
+        type=csv_list,
         default=list(BASELINES),
         help=f"comma-separated subset of {','.join(BASELINES)} (default: all)",
     )
     p.add_argument(
-        "--train-splits", type=_csv, default=["train"], help="splits to fit on (default: train)"
+        "--train-splits", type=csv_list, default=["train"], help="splits to fit on (default: train)"
     )
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     p.add_argument(

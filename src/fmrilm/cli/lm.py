@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from fmrilm.cli import csv_list
+
 __all__ = ["add_parser", "run_train", "run_evaluate", "run_predict", "run_summarize"]
 
 
@@ -30,13 +32,6 @@ def _threads(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(int(args.threads))
-
-
-def _csv(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated, non-empty list")
-    return items
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -56,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--out-dir", type=Path, default=None, help="run folder (model in OUT/model)")
     t.add_argument("--base-model", default=None, help="hub id, folder, .gguf or 'smollm2'")
     t.add_argument("--gguf-file", default=None, help="GGUF file inside --base-model")
-    t.add_argument("--targets", type=_csv, default=None, help="comma-separated targets")
+    t.add_argument("--targets", type=csv_list, default=None, help="comma-separated targets")
     t.add_argument("--layout", choices=("roi_major", "time_major", "compact"), default=None)
     t.add_argument("--init", choices=("codebook", "random"), default=None)
     t.add_argument("--finetune", choices=("lora", "full"), default=None)
@@ -74,7 +69,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("store", type=Path, metavar="STORE", help="dataset store folder")
     e.add_argument("--scheme", default=None, help="split scheme (default: the model's)")
     e.add_argument("--split", default="test", help="split evaluated (default: test)")
-    e.add_argument("--baselines", type=_csv, default=None, help="subset of the baselines")
+    e.add_argument("--baselines", type=csv_list, default=None, help="subset of the baselines")
     e.add_argument("--n-bootstrap", type=int, default=1000)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=8, help="windows per LM forward pass")

@@ -10,12 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-def _csv(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated, non-empty list")
-    return items
+from fmrilm.cli import csv_list
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,10 +30,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--task", default=None, help="target: age, sex, diagnosis or a phenotype key")
     p.add_argument(
-        "--arms", type=_csv, default=None, help=f"comma-separated subset of {','.join(ARM_KINDS)}"
+        "--arms",
+        type=csv_list,
+        default=None,
+        help=f"comma-separated subset of {','.join(ARM_KINDS)}",
     )
     p.add_argument(
-        "--renderings", type=_csv, default=None, help="comma-separated: heatmap,connectivity"
+        "--renderings", type=csv_list, default=None, help="comma-separated: heatmap,connectivity"
     )
     p.add_argument("--lm", default=None, help="causal LM: hub id, folder, GGUF or smollm2")
     p.add_argument("--fmri-tokenizer", default=None, help="trained fMRI tokenizer folder")
