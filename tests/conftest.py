@@ -98,3 +98,14 @@ def synthetic_records(
     n: int = 24, sites: tuple[str, ...] = ("A", "B", "C"), **kw
 ) -> list[ScanRecord]:
     return [make_record(i, site=sites[i % len(sites)], **kw) for i in range(n)]
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: far faster on a small machine shared with other jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -96,17 +96,41 @@ class FakeFMRITokenizer(nn.Module):
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread in these tests: far faster on a small machine shared with other jobs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _threads(one_torch_thread):
+    """Every test here runs with one torch thread (``tests/conftest.py``)."""
+
+
+def make_tiny_fmri_tokenizer(folder: Path) -> Path:
+    """A real (untrained) ``FMRITokenizer`` for 200 ROIs x 160 points, saved to ``folder``."""
+    from fmrilm.tokenizer import FMRITokenizer, TokenizerConfig
+
+    cfg = TokenizerConfig(
+        n_rois=200,
+        window_length=160,
+        patch_length=20,
+        d_model=16,
+        n_heads=2,
+        encoder_layers=1,
+        decoder_layers=1,
+        codebook_size=16,
+        code_dim=8,
+        kmeans_init=False,
+        lm_dim=32,
+        projector_hidden=16,
+        discriminator_hidden=16,
+    )
+    FMRITokenizer(cfg).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> Path:
     return make_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture(scope="session")
+def fmri_tokenizer_dir(tmp_path_factory) -> Path:
+    return make_tiny_fmri_tokenizer(tmp_path_factory.mktemp("fmri_tok") / "tok")
 
 
 @pytest.fixture

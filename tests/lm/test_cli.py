@@ -6,7 +6,6 @@ import argparse
 import json
 
 import numpy as np
-import pytest
 
 from fmrilm.cli import lm as cli_lm
 
@@ -20,29 +19,6 @@ def _parser():
 def _run(argv):
     args = _parser().parse_args(argv)
     return args.run(args)
-
-
-@pytest.fixture(scope="module")
-def fmri_tokenizer_dir(tmp_path_factory):
-    tok = pytest.importorskip("fmrilm.tokenizer")
-    cfg = tok.TokenizerConfig(
-        n_rois=200,
-        window_length=160,
-        patch_length=20,
-        d_model=16,
-        n_heads=2,
-        encoder_layers=1,
-        decoder_layers=1,
-        codebook_size=16,
-        code_dim=8,
-        kmeans_init=False,
-        lm_dim=32,
-        projector_hidden=16,
-        discriminator_hidden=16,
-    )
-    folder = tmp_path_factory.mktemp("fmri_tok") / "tok"
-    tok.FMRITokenizer(cfg).save_pretrained(folder)
-    return folder
 
 
 def test_cli_train_evaluate_predict(

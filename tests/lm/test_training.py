@@ -178,3 +178,12 @@ def test_resume_after_sigkill(sample_store, tiny_lm_dir, tmp_path):
     assert res["resumed_from"] is not None
     assert res["global_step"] == 12 and 0 < res["steps_this_run"] < 12
     assert (out / "model" / "trainable.safetensors").exists()
+
+
+def test_refuses_a_tokenizer_fitted_on_another_scheme(sample_store, tiny_lm_dir, tmp_path):
+    tok = _tokenizer()
+    tok.scaler_stats = {"scheme": "heldout_sites", "median": [0.0], "iqr": [1.0]}
+    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "run")
+    cfg["scheme"] = "site_stratified"
+    with pytest.raises(ValueError, match="trained on split scheme 'heldout_sites'"):
+        train(cfg, fmri_tokenizer=tok)

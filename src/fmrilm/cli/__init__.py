@@ -13,6 +13,7 @@ STAGES = (
     "fmrilm.cli.tokenizer",
     "fmrilm.cli.lm",
     "fmrilm.cli.study",
+    "fmrilm.cli.predict",
 )
 
 

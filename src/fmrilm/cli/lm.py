@@ -170,6 +170,7 @@ def _load(model_dir: Path, device: str = "cpu"):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a trained model and the baselines; print the table, write ``--out``."""
+    from fmrilm.evaluation.report import json_default
     from fmrilm.lm.evaluation import evaluate, flat_summary, format_results
 
     if not args.store.exists():
@@ -193,23 +194,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"WARNING: {res['parse_failures']} answers could not be read")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2, default=_json_default) + "\n")
+        args.out.write_text(json.dumps(res, indent=2, default=json_default) + "\n")
         print(f"\nwrote {args.out}")
     return 0 if res["parse_failures"] == 0 else 1
 
 
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
 def run_summarize(args: argparse.Namespace) -> int:
     """Print (and write) the flat summary of several evaluate results."""
+    from fmrilm.evaluation.report import json_default
     from fmrilm.lm.evaluation import summarize_runs
 
     def read(path: Path) -> dict:
@@ -224,7 +216,7 @@ def run_summarize(args: argparse.Namespace) -> int:
             raise ValueError(f"--ablation expects NAME=RESULTS, got {item!r}")
         ablations[name] = read(Path(path))
     summary = summarize_runs([read(p) for p in args.results], ablations)
-    text = json.dumps(summary, indent=2, default=_json_default)
+    text = json.dumps(summary, indent=2, default=json_default)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["format_value", "format_metrics", "format_table"]
+import numpy as np
+
+__all__ = ["format_value", "format_metrics", "format_table", "json_default"]
 
 _METRIC_TITLES = {
     "mae": "MAE",
@@ -137,3 +139,12 @@ def format_table(results: dict[str, Any], digits: int = 3) -> str:
         lines.append("")
         lines.append(f"{name}: skipped ({reason})")
     return "\n".join(lines)
+
+
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars and arrays (anything else as text)."""
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

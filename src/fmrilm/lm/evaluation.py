@@ -31,6 +31,7 @@ __all__ = [
     "predict_codes",
     "predict_store",
     "predict_scan",
+    "answer_scan",
     "evaluate",
     "flat_summary",
     "format_results",
@@ -538,26 +539,45 @@ def predict_scan(
     balanced: bool = True,
     batch_size: int = 8,
 ) -> dict[str, Any]:
-    """Answer one question for one scan.
+    """Answer one question for one scan (:func:`answer_scan` with one task)."""
+    res = answer_scan(
+        model, timeseries, [task], scaled=scaled, balanced=balanced, batch_size=batch_size
+    )
+    return res[task]
+
+
+def answer_scan(
+    model: FMRILanguageModel,
+    timeseries: np.ndarray | str | Path,
+    tasks: list[str] | None = None,
+    *,
+    scaled: bool = False,
+    balanced: bool = True,
+    batch_size: int = 8,
+) -> dict[str, dict[str, Any]]:
+    """Answer several questions for one scan; its windows are encoded once.
 
     Parameters
     ----------
     model : FMRILanguageModel
     timeseries : ndarray of shape (T, R) or path
         Raw ROI time series (any file :func:`fmrilm.data.readers.read_timeseries` reads).
-    task : str
-        Task name (``age``, ``sex``, ``diagnosis``, ...).
+    tasks : list of str, optional
+        Task names (``age``, ``sex``, ``diagnosis``, ...; default: every task of the model).
     scaled : bool
         The series is already robust-scaled (otherwise the training split's statistics saved in
         the model are applied).
     balanced : bool
         Correct class probabilities by the training class shares.
+    batch_size : int
+        Windows per LM forward pass.
 
     Returns
     -------
     dict
-        ``answer`` and, for classes, ``probabilities`` / ``probability``; for numbers ``value``
-        and a 90% ``interval``; ``n_windows``, ``parse_failure``.
+        Task name -> ``answer`` and, for classes, ``probabilities`` / ``probability``; for
+        numbers ``value`` and a 90% ``interval``; ``n_windows``, ``parse_failure``,
+        ``question``.
     """
     from fmrilm.data.windows import window_starts
 
@@ -576,12 +596,16 @@ def predict_scan(
         raise ValueError(f"the scan has {len(x)} time points, fewer than one window ({wl})")
     windows = torch.from_numpy(np.stack([x[s : s + wl] for s in starts]))
     codes = model.encode_windows(windows)
-    t = model.task(task)
-    res = model.aggregate(model.score(codes, t, batch_size=batch_size), t)
-    if t.kind == "classification" and balanced and not res["parse_failure"]:
-        p = balanced_probabilities(np.array([res["probabilities"][a] for a in t.answers]), t)
-        res["probabilities"] = {a: float(v) for a, v in zip(t.answers, p, strict=True)}
-        res["answer"] = t.answers[int(np.argmax(p))]
-        res["probability"] = float(np.max(p))
-    res["question"] = t.question
-    return res
+    chosen = [model.task(n) for n in tasks] if tasks else list(model.tasks)
+    scores = model.score_tasks(codes, chosen, batch_size=batch_size)
+    out = {}
+    for t in chosen:
+        res = model.aggregate(scores[t.name], t)
+        if t.kind == "classification" and balanced and not res["parse_failure"]:
+            p = balanced_probabilities(np.array([res["probabilities"][a] for a in t.answers]), t)
+            res["probabilities"] = {a: float(v) for a, v in zip(t.answers, p, strict=True)}
+            res["answer"] = t.answers[int(np.argmax(p))]
+            res["probability"] = float(np.max(p))
+        res["question"] = t.question
+        out[t.name] = res
+    return out

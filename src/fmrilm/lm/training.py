@@ -356,6 +356,22 @@ def load_fmri_tokenizer(path: str | Path):
     return FMRITokenizer.from_pretrained(path)
 
 
+def check_tokenizer_scheme(fmri_tokenizer, scheme: str) -> None:
+    """Refuse a tokenizer whose scaler (and weights) were fitted on another split scheme.
+
+    Its training split may hold this scheme's test subjects, so every figure measured with it
+    would be optimistic.
+    """
+    stats = getattr(fmri_tokenizer, "scaler_stats", None) or {}
+    fitted_on = stats.get("scheme")
+    if fitted_on is not None and fitted_on != scheme:
+        raise ValueError(
+            f"the fMRI tokenizer was trained on split scheme {fitted_on!r} but the LM is "
+            f"trained on {scheme!r}: train a tokenizer on {scheme!r} (its test subjects may be "
+            f"in the tokenizer's training split)"
+        )
+
+
 def train(
     config: dict,
     *,
@@ -407,6 +423,7 @@ def train(
         if not cfg["fmri_tokenizer"]:
             raise ValueError("config 'fmri_tokenizer' (a tokenizer folder) is required")
         fmri_tokenizer = load_fmri_tokenizer(cfg["fmri_tokenizer"])
+    check_tokenizer_scheme(fmri_tokenizer, scheme)
     tok_cfg = fmri_tokenizer.config
     window_length = int(dcfg["window_length"] or getattr(tok_cfg, "window_length", 160))
     stride = int(dcfg["stride"])

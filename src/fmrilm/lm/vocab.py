@@ -16,6 +16,8 @@ Delimiters always get random directions with the matched norm.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -228,10 +230,16 @@ def _convert_gguf(folder: str, gguf_file: str, out: Path) -> Path:
     plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     plain.load_state_dict(model.state_dict(), strict=False)
     plain.tie_weights()
-    tmp = out.with_name(out.name + ".tmp")
+    # per-process temporary folder; if a concurrent run finished first, keep its copy
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not (out / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -202,7 +202,8 @@ def build_text_domain(
         emb, torch.from_numpy(uniq), inv[: len(train_ids)], inv[len(train_ids) :], lm_name
     )
     if use_cache:
-        tmp = path.with_suffix(".tmp")
+        # a per-process temporary name: concurrent runs may build the same cache entry
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(
             {
                 "embeddings": dom.embeddings,

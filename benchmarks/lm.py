@@ -1,0 +1,215 @@
+"""fMRI language model benchmark on ABIDE: the LM and its baselines on both split schemes.
+
+    python -m benchmarks.lm --store /tmp/fmrilm_abide_store \
+        --tokenizer site_stratified=runs/tokenizer_site_stratified/model \
+        --tokenizer heldout_sites=runs/tokenizer_heldout_sites/model \
+        [--config configs/lm.yaml] [--max-steps 120] [--parallel 2] [--out-dir runs/lm_bench]
+
+Jobs (each: ``fmrilm.lm.training.train`` then ``fmrilm.lm.evaluation.evaluate`` on the test split
+of its scheme, in its own process with one torch thread, ``--parallel`` at a time):
+
+- ``site_stratified`` and ``heldout_sites``: the configuration of ``--config`` trained on each
+  scheme's training split with that scheme's tokenizer (a tokenizer fitted on one scheme is
+  refused for the other), evaluated beside every clinical baseline;
+- ablations on ``site_stratified``, same budget: ``init_random`` (new token rows from random
+  directions instead of the projected codebook) and ``layout_32rois_stride2`` (32 ROIs x 4 patches,
+  162 tokens, instead of 16 ROIs x 8 patches, 146 tokens), evaluated beside the trivial and
+  site-only baselines.
+
+A job whose ``results.json`` exists is not run again (so the benchmark resumes). Writes
+``benchmarks/results/lm.json`` (the keys of ``fmrilm.lm.evaluation.summarize_runs`` plus the wall
+time of each stage and the throughputs), ``benchmarks/results/lm_tables.md`` (the readable
+tables) and one line in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.common import REPO, RESULTS, write_result
+
+ABLATIONS = {
+    "init_random": {"model": {"init": "random"}},
+    "layout_32rois_stride2": {"model": {"compact_rois": 32, "patch_stride": 2}},
+}
+SIMPLE_BASELINES = ["trivial", "site"]
+
+
+def jobs(args) -> list[dict]:
+    """The job specs: main runs on each scheme, then the ablations."""
+    import yaml
+
+    base = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    tokenizers = dict(t.split("=", 1) for t in args.tokenizer)
+    out = []
+
+    def spec(name: str, scheme: str, override: dict, baselines) -> dict:
+        from fmrilm.lm.training import merge_config
+
+        cfg = merge_config(base, override)
+        cfg.update(
+            store=str(args.store),
+            scheme=scheme,
+            fmri_tokenizer=str(tokenizers[scheme]),
+            out_dir=str(Path(args.out_dir) / name),
+            seed=args.seed,
+        )
+        cfg.setdefault("train", {}).update(max_steps=args.max_steps, num_threads=1)
+        return {"name": name, "config": cfg, "baselines": baselines, "n_bootstrap": args.bootstrap}
+
+    for scheme in ("site_stratified", "heldout_sites"):
+        if scheme not in tokenizers:
+            raise SystemExit(f"--tokenizer {scheme}=FOLDER is required")
+        out.append(spec(scheme, scheme, {}, None))
+    if not args.no_ablations:
+        for name, override in ABLATIONS.items():
+            out.append(spec(name, "site_stratified", override, SIMPLE_BASELINES))
+    return out
+
+
+def run_job(spec: dict) -> dict:
+    """Train and evaluate one configuration in this process; write ``results.json``."""
+    import torch
+
+    from fmrilm.evaluation.report import json_default
+    from fmrilm.lm.evaluation import evaluate, format_results
+    from fmrilm.lm.model import FMRILanguageModel
+    from fmrilm.lm.training import train
+
+    torch.set_num_threads(1)
+    out_dir = Path(spec["config"]["out_dir"])
+    t0 = time.time()
+    res = train(spec["config"], resume=True)
+    train_wall = time.time() - t0
+    summary = json.loads((out_dir / "train_summary.json").read_text())
+    t1 = time.time()
+    model = FMRILanguageModel.from_pretrained(res["model_dir"])
+    ev = evaluate(
+        model,
+        spec["config"]["store"],
+        baselines=tuple(spec["baselines"]) if spec["baselines"] else None,
+        n_bootstrap=spec["n_bootstrap"],
+    )
+    ev["wall_seconds"] = {"train": train_wall, "evaluate": time.time() - t1}
+    ev["train_throughput"] = {
+        k: summary.get(k) for k in ("tokens_per_second", "windows_per_second", "global_step")
+    }
+    (out_dir / "results.json").write_text(json.dumps(ev, indent=1, default=json_default) + "\n")
+    (out_dir / "results.txt").write_text(format_results(ev) + "\n")
+    return {"name": spec["name"], "results": str(out_dir / "results.json")}
+
+
+def _launch(spec: dict) -> dict:
+    out_dir = Path(spec["config"]["out_dir"])
+    if (out_dir / "results.json").exists():
+        print(f"[lm benchmark] {spec['name']}: results exist, not rerun", flush=True)
+        return spec
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "job.json").write_text(json.dumps(spec, indent=1))
+    print(f"[lm benchmark] {spec['name']}: started (log {out_dir / 'job.log'})", flush=True)
+    t0 = time.time()
+    with (out_dir / "job.log").open("w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.lm", "--job", str(out_dir / "job.json")],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"job {spec['name']} failed; see {out_dir / 'job.log'}")
+    print(f"[lm benchmark] {spec['name']}: done in {time.time() - t0:.0f} s", flush=True)
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--job", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--store", type=Path, default=Path("/tmp/fmrilm_abide_store"))
+    ap.add_argument("--tokenizer", action="append", default=[], metavar="SCHEME=FOLDER")
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "lm.yaml")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "runs" / "lm_bench")
+    ap.add_argument("--max-steps", type=int, default=120)
+    ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (one thread each)")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-ablations", action="store_true")
+    args = ap.parse_args(argv)
+    if args.job is not None:
+        print(json.dumps(run_job(json.loads(args.job.read_text()))))
+        return 0
+    if not args.store.exists():
+        raise SystemExit(f"store {args.store} does not exist (fmrilm data abide ...)")
+    specs = jobs(args)
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        list(pool.map(_launch, specs))
+    wall = time.time() - t0
+    return summarize(specs, args, wall)
+
+
+def summarize(specs: list[dict], args, wall: float) -> int:
+    from fmrilm.lm.evaluation import summarize_runs
+
+    results = {
+        s["name"]: json.loads((Path(s["config"]["out_dir"]) / "results.json").read_text())
+        for s in specs
+    }
+    main_runs = [results["site_stratified"], results["heldout_sites"]]
+    ablations = {n: r for n, r in results.items() if n in ABLATIONS}
+    # the main configuration on site_stratified is the reference each ablation changes one
+    # thing of; list it among them so that the table compares like with like
+    ablations = {"reference": results["site_stratified"], **ablations}
+    out = summarize_runs(main_runs, ablations)
+    out["runs"] = {
+        name: {
+            "scheme": r["scheme"],
+            "wall_seconds": r.get("wall_seconds"),
+            "train_throughput": r.get("train_throughput"),
+            "lm_eval_seconds": r.get("lm_eval_seconds"),
+            "lm_scans_per_second": r.get("lm_scans_per_second"),
+            "baseline_seconds": r.get("baseline_seconds"),
+            "n_windows_evaluated": r.get("n_windows"),
+        }
+        for name, r in results.items()
+    }
+    out["max_steps"] = args.max_steps
+    out["benchmark_wall_seconds"] = wall
+    out["parallel_jobs"] = args.parallel
+    tables = ["# fMRI LM benchmark tables", ""]
+    for name, s in zip(results, specs, strict=True):
+        text = (Path(s["config"]["out_dir"]) / "results.txt").read_text()
+        tables += [f"## {name}", "", "```", text.rstrip(), "```", ""]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "lm_tables.md").write_text("\n".join(tables))
+    for key in ("commit", "date", "machine"):
+        out.pop(key, None)  # write_result records them
+
+    def fmt(k):
+        v = out.get(k)
+        return "n/a" if v is None else f"{v:.3f}"
+
+    line = (
+        f"site_stratified: LM age MAE {fmt('age_mae')} (FC {fmt('fc_age_mae')}, site "
+        f"{fmt('site_age_mae')}), sex AUC {fmt('sex_auc')} (FC {fmt('fc_sex_auc')}), dx AUC "
+        f"{fmt('diagnosis_auc')} (FC {fmt('fc_diagnosis_auc')}); heldout_sites: age MAE "
+        f"{fmt('heldout_sites_age_mae')} (FC {fmt('heldout_sites_fc_age_mae')}); "
+        f"{args.max_steps} steps; parse failures {out.get('parse_failures')}; "
+        f"wall {wall / 60:.0f} min"
+    )
+    path = write_result("lm", out, line)
+    print(line)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
