@@ -156,7 +156,8 @@ def model_card(release: dict) -> str:
         lines.append("")
     lines += [
         "The held-out-sites figures are of the same configuration trained on the "
-        "`heldout_sites` split (its own tokenizer and LM), not of these weights.",
+        f"`heldout_sites` split (whole sites left out: {', '.join(t.get('heldout_sites') or [])}; "
+        "its own tokenizer and LM), not of these weights.",
         "",
         "## Known limits",
         "",
@@ -255,14 +256,14 @@ def build_release(
     cfg = pipe.model.config
     summary = cfg.extra.get("train_summary") or {}
     scheme = cfg.scheme
+    splits = json.loads((Path(store.path) / "splits.json").read_text())
     release: dict[str, Any] = {
         "format": "fmrilm-release",
         "expects": expectations(store, scheme, cfg),
         "training": {
             "scheme": scheme,
-            "seed": store.metadata.get("split_seed", cfg.seed)
-            if hasattr(store, "metadata")
-            else cfg.seed,
+            "seed": splits[scheme]["config"]["seed"],
+            "heldout_sites": splits.get("heldout_sites", {}).get("sites"),
             "n_train_scans": int(len(store.split_indices(scheme)["train"])),
             "max_steps": summary.get("global_step"),
             "batch_size": cfg.extra.get("batch_size", 8),
