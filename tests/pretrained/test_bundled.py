@@ -84,3 +84,19 @@ def test_example_scan_is_a_test_subject_of_the_real_split(bundled, shared_data, 
     assert bundled.release["example"]["scan_id"] in recorded
     assert recorded <= test and not recorded & train
     assert bundled.release["expects"]["n_training_scans"] == len(train)
+
+
+def test_example_command_answers_what_the_release_records(bundled, capsys):
+    from fmrilm.cli import main
+
+    assert main(["predict", "--example", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["warnings"] == []  # the example's TR is known and inside the training range
+    for task, want in bundled.release["example"]["answers"].items():
+        got = res["answers"][task]
+        if "value" in want:
+            assert got["value"] == pytest.approx(want["value"], abs=1e-5)
+            assert got["interval"] == want["interval"]
+        else:
+            assert got["answer"] == want["answer"]
+            assert got["probability"] == pytest.approx(want["probability"], abs=1e-5)

@@ -132,3 +132,29 @@ def test_ddp_gloo_two_processes_identical_codebooks(tmp_path):
     for k in a["state"]:
         torch.testing.assert_close(a["state"][k], b["state"][k], msg=k)
     assert time.time() - t0 < 120
+
+
+def test_alignment_in_the_text_principal_subspace(tmp_path, text_domain):
+    cfg = tiny_train_config(tmp_path / "run", max_steps=4)
+    cfg["model"]["align_dim"] = 4
+    res = train(cfg, datasets=synthetic_datasets(), text_domain=text_domain)
+    m = FMRITokenizer.from_pretrained(Path(res["out_dir"]) / "model")
+    basis, mean = m.text_basis, m.text_mean
+    assert basis.shape == (4, text_domain.dim)
+    assert torch.allclose(basis @ basis.T, torch.eye(4), atol=1e-5)  # orthonormal directions
+    # the basis is the text's top principal subspace: it keeps more variance than any other
+    # 4 directions we try (random ones)
+    x = text_domain.embeddings[text_domain.train] - mean
+    kept = (x @ basis.T).pow(2).sum()
+    q, _ = torch.linalg.qr(
+        torch.randn(text_domain.dim, 4, generator=torch.Generator().manual_seed(0))
+    )
+    assert kept > (x @ q).pow(2).sum()
+    # LM embeddings of codes lie in mean + span(basis); the classifier compares 4-d features
+    lm = m.codebook_lm_embeddings().detach()
+    assert lm.shape == (m.config.codebook_size, text_domain.dim)
+    resid = (lm - mean) - ((lm - mean) @ basis.T) @ basis
+    assert resid.abs().max() < 1e-5
+    assert m.text_features(text_domain.embeddings[:3]).shape == (3, 4)
+    with pytest.raises(ValueError, match="align_dim must be in"):
+        FMRITokenizer(m.config.__class__(**{**m.config.to_dict(), "align_dim": 10_000}))

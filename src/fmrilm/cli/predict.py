@@ -95,6 +95,8 @@ def _read(args, pipe):
 
 def _run_scan(args) -> int:
     pipe = _pipeline(args)
+    if args.example and args.tr is None:  # the bundled example's TR is known
+        args.tr = pipe.release.get("example", {}).get("tr")
     res = pipe.predict(
         _read(args, pipe),
         args.question,

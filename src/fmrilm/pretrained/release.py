@@ -290,10 +290,13 @@ def build_release(
         raise ValueError(f"the example scan {example_scan_id} is not in the test split")
     example_path = Path(example_path)
     write_1d(sample_scan(example_scan_id), example_path)
+    table = store.table.reset_index(drop=True)
+    example_tr = float(table.loc[table["scan_id"] == example_scan_id, "tr"].iloc[0])
     release["example"] = {
         "scan_id": example_scan_id,
         "file": example_path.name,
-        "answers": _plain(pipe.predict(example_path)["answers"]),
+        "tr": example_tr,
+        "answers": _plain(pipe.predict(example_path, tr=example_tr)["answers"]),
     }
     release["sample_test_answers"] = {}
     for sid in sample_ids:

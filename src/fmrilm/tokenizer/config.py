@@ -51,6 +51,12 @@ class TokenizerConfig:
     lm_dim: int = 576
     projector_hidden: int = 256
     discriminator_hidden: int = 256
+    # None: the domain classifier compares projected codes and text embeddings in the full LM
+    # space, where a projection from code_dim dimensions spans a code_dim-dimensional manifold
+    # that the classifier can always tell from full-rank text. k: compare them in the top-k
+    # principal subspace of the text embeddings (fitted on the training text), where the
+    # projector can match the text distribution; LM embeddings are then mean + coords @ basis.
+    align_dim: int | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -58,6 +64,10 @@ class TokenizerConfig:
         return self.window_length // self.patch_length
 
     def validate(self) -> None:
+        if self.align_dim is not None and not 0 < self.align_dim < self.lm_dim:
+            raise ValueError(
+                f"align_dim must be in (0, lm_dim={self.lm_dim}), got {self.align_dim}"
+            )
         if self.window_length % self.patch_length:
             raise ValueError(
                 f"window_length {self.window_length} is not a multiple of patch_length "

@@ -209,8 +209,8 @@ def evaluate_tokenizer(
         fv = torch.cat(fmri_vecs)
         fv = fv[torch.randperm(len(fv), generator=g)[:n_disc_samples]]
         tv = text_domain.sample(len(fv), "heldout", g)
-        lf = model.discriminator(model.projector(fv))
-        lt = model.discriminator(tv)
+        lf = model.discriminator(model.align_features(fv))
+        lt = model.discriminator(model.text_features(tv))
         acc_f = float((lf > 0).float().mean())
         acc_t = float((lt <= 0).float().mean())
         res["discriminator_accuracy"] = 0.5 * (acc_f + acc_t)

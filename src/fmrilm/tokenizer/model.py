@@ -217,12 +217,16 @@ class FMRITokenizer(nn.Module):
         # so that learning to reconstruct visible tokens cannot disturb the closed-form start
         self.residual_head = nn.Linear(d, cfg.patch_length)
         # alignment with the LM embedding space
+        align_dim = cfg.align_dim or cfg.lm_dim
         self.projector = nn.Sequential(
             nn.Linear(cfg.code_dim, cfg.projector_hidden),
             nn.GELU(),
-            nn.Linear(cfg.projector_hidden, cfg.lm_dim),
+            nn.Linear(cfg.projector_hidden, align_dim),
         )
-        self.discriminator = Discriminator(cfg.lm_dim, cfg.discriminator_hidden)
+        self.discriminator = Discriminator(align_dim, cfg.discriminator_hidden)
+        # principal subspace of the text embeddings (used when cfg.align_dim is set)
+        self.register_buffer("text_mean", torch.zeros(cfg.lm_dim))
+        self.register_buffer("text_basis", torch.zeros(align_dim, cfg.lm_dim))
         # closed-form spatial Gaussian conditional (fitted on the training split)
         r = cfg.n_rois
         self.register_buffer("cond_mean", torch.zeros(r))
@@ -419,13 +423,43 @@ class FMRITokenizer(nn.Module):
             self.train(was)
         return unpatchify(out)
 
+    # ------------------------------------------------------------------ alignment spaces
+    @torch.no_grad()
+    def fit_text_subspace(self, text_embeddings: torch.Tensor) -> None:
+        """Principal subspace (``config.align_dim`` directions) of text-token embeddings
+        ``(N, lm_dim)``, sampled by token frequency; a no-op without ``align_dim``."""
+        if not self.config.align_dim:
+            return
+        x = text_embeddings.float()
+        mean = x.mean(0)
+        _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        self.text_mean.copy_(mean)
+        self.text_basis.copy_(vh[: self.config.align_dim])
+
+    def text_features(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """Text embeddings in the space the domain classifier compares (LM or subspace)."""
+        if not self.config.align_dim:
+            return text_embeddings
+        return (text_embeddings - self.text_mean) @ self.text_basis.T
+
+    def align_features(self, code_vectors: torch.Tensor) -> torch.Tensor:
+        """Code vectors in the space the domain classifier compares (the projector's output)."""
+        return self.projector(code_vectors)
+
+    def to_lm_space(self, code_vectors: torch.Tensor) -> torch.Tensor:
+        """Code vectors as LM input embeddings ``(..., lm_dim)``."""
+        z = self.projector(code_vectors)
+        if not self.config.align_dim:
+            return z
+        return self.text_mean + z @ self.text_basis
+
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Vectors in the LM's input-embedding space: ``(B, R, P) -> (B, R, P, lm_dim)``."""
-        return self.projector(self.code_vectors(codes))
+        return self.to_lm_space(self.code_vectors(codes))
 
     def codebook_lm_embeddings(self) -> torch.Tensor:
         """The whole codebook projected into the LM space: ``(codebook_size, lm_dim)``."""
-        return self.projector(self.quantizer.codebook)
+        return self.to_lm_space(self.quantizer.codebook)
 
     def enable_codebook_sync(self) -> None:
         """Rebuild the quantizer so that its EMA/k-means/dead-code updates all-reduce across

@@ -100,6 +100,9 @@ def merge_config(base: dict, override: dict) -> dict:
     return out
 
 
+TEXT_SUBSPACE_SAMPLES = 20000  # text tokens (by frequency) behind the principal subspace
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when a loss term becomes NaN/Inf; the message names the step and the term."""
 
@@ -248,6 +251,10 @@ class TokenizerModule(L.LightningModule):
         self.text_domain = text_domain
         if self.model.config.align and text_domain is None:
             raise ValueError("alignment is on (model.align=true) but no text domain was given")
+        if self.model.config.align and self.model.config.align_dim:
+            # deterministic in the seed, so a resumed run refits the same subspace
+            g = torch.Generator().manual_seed(self.seed)
+            self.model.fit_text_subspace(text_domain.sample(TEXT_SUBSPACE_SAMPLES, "train", g))
         self._last_terms: dict[str, torch.Tensor] = {}
         self._last_batch_finite = True
 
@@ -319,8 +326,9 @@ class TokenizerModule(L.LightningModule):
             # by default the reversed gradient stops at the code vectors: the projector into
             # the LM space is what becomes domain-invariant, reconstruction is untouched
             vecs = vecs.detach()
-        fmri = m.projector(vecs)
+        fmri = m.align_features(vecs)
         text = self.text_domain.sample(fmri.shape[0], "train", g).to(fmri.device)
+        text = m.text_features(text)
         feats = torch.cat([fmri, text])
         labels = torch.cat([torch.ones(len(fmri)), torch.zeros(len(text))]).to(fmri.device)
         logits = m.discriminator(grad_reverse(feats, lambd))
