@@ -95,6 +95,28 @@ def _fmt(entry: dict) -> str:
     return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def status_lines(metrics: dict) -> list[str]:
+    """How often the model beats each baseline, per split (point estimates)."""
+    out = []
+    for split, rows in metrics.items():
+        counts = {}
+        for who in ("trivial", "site_only", "fc_linear"):
+            wins = n = 0
+            for key, _ in METRICS:
+                mine, theirs = rows[key]["fmrilm"]["value"], rows[key][who]["value"]
+                if mine is None or theirs is None:
+                    continue
+                n += 1
+                wins += (mine < theirs) if key.endswith("mae") else (mine > theirs)
+            counts[who] = f"{wins}/{n}"
+        out.append(
+            f"- {split}: better than the trivial baseline on {counts['trivial']} metrics, "
+            f"than site only on {counts['site_only']}, than FC + linear on "
+            f"{counts['fc_linear']} (point estimates; CIs in the tables below)."
+        )
+    return out
+
+
 def model_card(release: dict) -> str:
     """The LM's model card (Markdown)."""
     e, m, t = release["expects"], release["metrics"], release["training"]
@@ -114,6 +136,10 @@ def model_card(release: dict) -> str:
         "",
         "**Intended use**: research on fMRI representation learning and benchmarking. **Not a "
         "diagnostic device**: do not use it for decisions about a person.",
+        "",
+        "## Status",
+        "",
+        *status_lines(m),
         "",
         "## Training data and split",
         "",
@@ -308,7 +334,7 @@ def build_release(
     mae = release["metrics"]["site_stratified test"]["age_mae"]
     release["card_line"] = (
         f"Model: fmrilm ABIDE/SmolLM2 release; test-split age MAE {_fmt(mae['fmrilm'])} years "
-        f"(FC + ridge {_fmt(mae['fc_linear'])}, site only {_fmt(mae['site_only'])}); "
+        f"(FC + linear {_fmt(mae['fc_linear'])}, site only {_fmt(mae['site_only'])}); "
         "see the model card."
     )
     (tmp / "release.json").write_text(json.dumps(release, indent=1) + "\n")

@@ -224,9 +224,9 @@ class FMRITokenizer(nn.Module):
             nn.Linear(cfg.projector_hidden, align_dim),
         )
         self.discriminator = Discriminator(align_dim, cfg.discriminator_hidden)
-        # principal subspace of the text embeddings (used when cfg.align_dim is set)
-        self.register_buffer("text_mean", torch.zeros(cfg.lm_dim))
-        self.register_buffer("text_basis", torch.zeros(align_dim, cfg.lm_dim))
+        if cfg.align_dim:  # principal subspace of the text embeddings
+            self.register_buffer("text_mean", torch.zeros(cfg.lm_dim))
+            self.register_buffer("text_basis", torch.zeros(align_dim, cfg.lm_dim))
         # closed-form spatial Gaussian conditional (fitted on the training split)
         r = cfg.n_rois
         self.register_buffer("cond_mean", torch.zeros(r))

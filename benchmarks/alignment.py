@@ -1,0 +1,108 @@
+"""How well do fMRI code embeddings pass for text-token embeddings? One row per tokenizer.
+
+    python -m benchmarks.alignment --run full=runs/tokenizer_site_stratified/model \
+        --run subspace=runs/tokenizer_subspace/model [--store /tmp/fmrilm_abide_store]
+
+For each tokenizer, on the codes of its scheme's test windows (code vectors of up to 4,096
+tokens drawn uniformly) against 4,096 held-out text tokens (drawn by frequency from the held-out
+Human Phenotype Ontology text, embedded by the LM the tokenizer was aligned to):
+
+- ``own_discriminator_accuracy``: the tokenizer's own domain classifier, in the space it was
+  trained in (the LM space, or the text's principal subspace with ``align_dim``), balanced over
+  the two sides (0.5 = cannot tell them apart);
+- ``probe_accuracy_align_space`` / ``probe_accuracy_lm_space``: a fresh logistic regression,
+  5-fold cross-validated balanced accuracy, in the classifier's space and in the LM's
+  input-embedding space (what the LM actually reads). A fresh probe is the honest check: an
+  adversary that lost the game can still be beaten by a new one.
+
+Writes ``benchmarks/results/alignment.json`` and one line in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.common import write_result
+
+N_TOKENS = 4096
+
+
+def _probe(a, b, seed: int) -> float:
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.concatenate([a, b])
+    y = np.r_[np.ones(len(a)), np.zeros(len(b))]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    cv = StratifiedKFold(5, shuffle=True, random_state=seed)
+    return float(cross_val_score(clf, x, y, cv=cv, scoring="balanced_accuracy").mean())
+
+
+def measure(model_dir: Path, store: Path, seed: int = 0) -> dict:
+    import torch
+
+    from fmrilm.tokenizer import FMRITokenizer
+    from fmrilm.tokenizer.text_domain import build_text_domain
+    from fmrilm.tokenizer.training import WindowDataModule
+
+    model = FMRITokenizer.from_pretrained(model_dir)
+    scheme = (model.scaler_stats or {}).get("scheme", "site_stratified")
+    dm = WindowDataModule(str(store), scheme, model.config.window_length, 80, batch_size=32)
+    codes = []
+    with torch.no_grad():
+        for b in dm.eval_dataloader("test"):
+            c = model.encode(b["window"].float(), b["roi_mask"].bool())
+            codes.append(c[c >= 0])
+    codes = torch.cat(codes)
+    g = torch.Generator().manual_seed(seed)
+    codes = codes[torch.randperm(len(codes), generator=g)[:N_TOKENS]]
+    text = build_text_domain(model.config.lm_name).sample(N_TOKENS, "heldout", g)
+    with torch.no_grad():
+        vecs = model.code_vectors(codes)
+        fa, ta = model.align_features(vecs), model.text_features(text)
+        lf, lt = model.discriminator(fa), model.discriminator(ta)
+        own = 0.5 * (float((lf > 0).float().mean()) + float((lt <= 0).float().mean()))
+        lm = model.to_lm_space(vecs)
+    return {
+        "model": str(model_dir),
+        "scheme": scheme,
+        "align_dim": model.config.align_dim,
+        "align_space_dim": int(fa.shape[1]),
+        "n_code_tokens": int(len(codes)),
+        "n_distinct_codes": int(codes.unique().numel()),
+        "own_discriminator_accuracy": own,
+        "probe_accuracy_align_space": _probe(fa.numpy(), ta.numpy(), seed),
+        "probe_accuracy_lm_space": _probe(lm.numpy(), text.numpy(), seed),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", action="append", required=True, metavar="NAME=MODEL_DIR")
+    ap.add_argument("--store", type=Path, default=Path("/tmp/fmrilm_abide_store"))
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    runs = {}
+    for item in args.run:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--run expects NAME=MODEL_DIR, got {item!r}")
+        runs[name] = measure(Path(path), args.store, args.seed)
+        print(name, runs[name])
+    line = "; ".join(
+        f"{n}: own classifier {r['own_discriminator_accuracy']:.3f}, fresh probe "
+        f"{r['probe_accuracy_align_space']:.3f} ({r['align_space_dim']}-d) / "
+        f"{r['probe_accuracy_lm_space']:.3f} (LM space)"
+        for n, r in runs.items()
+    )
+    write_result("alignment", {"runs": runs, "n_tokens": N_TOKENS}, line)
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
