@@ -182,7 +182,11 @@ def summarize(specs: list[dict], args, wall: float) -> int:
         for name, r in results.items()
     }
     out["max_steps"] = args.max_steps
-    out["benchmark_wall_seconds"] = wall
+    # jobs may come from earlier invocations (resume): their own wall times are the record
+    out["benchmark_wall_seconds_this_invocation"] = wall
+    out["jobs_wall_seconds_sum"] = sum(
+        sum((r.get("wall_seconds") or {}).values()) for r in results.values()
+    )
     out["parallel_jobs"] = args.parallel
     tables = ["# fMRI LM benchmark tables", ""]
     for name, s in zip(results, specs, strict=True):
@@ -203,7 +207,7 @@ def summarize(specs: list[dict], args, wall: float) -> int:
         f"{fmt('diagnosis_auc')} (FC {fmt('fc_diagnosis_auc')}); heldout_sites: age MAE "
         f"{fmt('heldout_sites_age_mae')} (FC {fmt('heldout_sites_fc_age_mae')}); "
         f"{args.max_steps} steps; parse failures {out.get('parse_failures')}; "
-        f"wall {wall / 60:.0f} min"
+        f"jobs' wall time {out['jobs_wall_seconds_sum'] / 60:.0f} min, {args.parallel} at a time"
     )
     path = write_result("lm", out, line)
     print(line)

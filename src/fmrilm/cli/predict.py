@@ -77,8 +77,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pipeline(args):
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
     from fmrilm.pretrained import load_pipeline
 
+    # a user asking about a scan wants the answers, not the libraries' loading chatter
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
     return load_pipeline(args.model, threads=args.threads)
 
 
