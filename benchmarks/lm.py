@@ -12,8 +12,9 @@ of its scheme, in its own process with one torch thread, ``--parallel`` at a tim
   scheme's training split with that scheme's tokenizer (a tokenizer fitted on one scheme is
   refused for the other), evaluated beside every clinical baseline;
 - ablations on ``site_stratified``, same budget: ``init_random`` (new token rows from random
-  directions instead of the projected codebook) and ``layout_32rois_stride2`` (32 ROIs x 4 patches,
-  162 tokens, instead of 16 ROIs x 8 patches, 146 tokens), evaluated beside the trivial and
+  directions instead of the projected codebook), ``layout_32rois_stride2`` (32 ROIs x 4 patches,
+  162 tokens, instead of 16 ROIs x 8 patches, 146 tokens) and ``layout_time_major_200rois_1patch``
+  (all 200 ROIs, the first 20-point patch, 203 tokens), evaluated beside the trivial and
   site-only baselines.
 
 A job whose ``results.json`` exists is not run again (so the benchmark resumes). Writes
@@ -38,6 +39,8 @@ from benchmarks.common import REPO, RESULTS, write_result
 ABLATIONS = {
     "init_random": {"model": {"init": "random"}},
     "layout_32rois_stride2": {"model": {"compact_rois": 32, "patch_stride": 2}},
+    # all 200 ROIs, first time patch only: 203 tokens (the code probe finds age in all ROIs)
+    "layout_time_major_200rois_1patch": {"model": {"layout": "time_major", "patch_stride": 8}},
 }
 SIMPLE_BASELINES = ["trivial", "site"]
 
