@@ -93,3 +93,12 @@ def test_store_with_two_workers_equals_one(tiny_release, capsys, tmp_path):
     assert not list(tmp_path.glob("two.csv.shard-*"))
     rc, _, err = _predict(capsys, store, "--model", tiny_release["folder"])
     assert rc == 2 and "--out" in err
+
+
+def test_nifti_without_atlas_and_scan_with_example_are_refused(tiny_release, capsys, tmp_path):
+    nifti = tmp_path / "sub-01_bold.nii.gz"
+    nifti.write_bytes(b"")
+    rc, _, err = _predict(capsys, nifti, "--model", tiny_release["folder"])
+    assert rc == 2 and "a NIfTI scan needs --atlas" in err
+    rc, _, err = _predict(capsys, tiny_release["example"], "--example")
+    assert rc == 2 and "either SCAN or --example, not both" in err

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fmrilm.cli import csv_list
 
-__all__ = ["add_parser", "run_train", "run_evaluate", "run_predict", "run_summarize"]
+__all__ = ["add_parser", "read_scan", "run_train", "run_evaluate", "run_predict", "run_summarize"]
 
 
 _THREADS_HELP = (
@@ -224,18 +224,19 @@ def run_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_scan(args: argparse.Namespace):
-    name = args.scan.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        if not args.atlas:
+def read_scan(path: Path, *, atlas=None, key=None, transpose: bool = False):
+    """A raw (T, R) scan from a time-series file, or from a NIfTI through ``atlas``."""
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        if not atlas:
             raise ValueError("a NIfTI scan needs --atlas (a label image matching the model's ROIs)")
         from nilearn.maskers import NiftiLabelsMasker
 
-        masker = NiftiLabelsMasker(labels_img=args.atlas, standardize=False)
-        return masker.fit_transform(str(args.scan))
+        # raw signals: the model applies its training split's scaler itself
+        masker = NiftiLabelsMasker(labels_img=atlas, standardize=False)
+        return masker.fit_transform(str(path))
     from fmrilm.data.readers import read_timeseries
 
-    return read_timeseries(args.scan, key=args.key, transpose=args.transpose)
+    return read_timeseries(path, key=key, transpose=transpose)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -246,7 +247,8 @@ def run_predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"scan {str(args.scan)!r} does not exist")
     _threads(args)
     model = _load(args.model, args.device)
-    res = predict_scan(model, _read_scan(args), args.question, balanced=not args.no_balance)
+    scan = read_scan(args.scan, atlas=args.atlas, key=args.key, transpose=args.transpose)
+    res = predict_scan(model, scan, args.question, balanced=not args.no_balance)
     if args.json:
         res.pop("window_values", None)
         print(json.dumps(res, indent=2))

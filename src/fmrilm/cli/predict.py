@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from fmrilm.cli import csv_list
+from fmrilm.cli.lm import read_scan
 
 __all__ = ["add_parser", "run"]
 
@@ -90,23 +91,12 @@ def _pipeline(args):
     return load_pipeline(args.model, threads=args.threads)
 
 
-def _read(args, pipe):
-    name = args.target.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        if not args.atlas:
-            raise ValueError("a NIfTI scan needs --atlas (a label image matching the model's ROIs)")
-        from nilearn.maskers import NiftiLabelsMasker
-
-        return NiftiLabelsMasker(labels_img=args.atlas).fit_transform(str(args.target))
-    return pipe.read(args.target, key=args.key, transpose=args.transpose)
-
-
 def _run_scan(args) -> int:
     pipe = _pipeline(args)
     if args.example and args.tr is None:  # the bundled example's TR is known
         args.tr = pipe.release.get("example", {}).get("tr")
     res = pipe.predict(
-        _read(args, pipe),
+        read_scan(args.target, atlas=args.atlas, key=args.key, transpose=args.transpose),
         args.question,
         tr=args.tr,
         balanced=not args.no_balance,
