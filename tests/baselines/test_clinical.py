@@ -13,6 +13,7 @@ import pytest
 from fmrilm.baselines import (
     ConnectivityBaseline,
     ConnectivityFeatures,
+    LinearHead,
     SiteBaseline,
     TrivialBaseline,
     evaluate_clinical_baselines,
@@ -228,6 +229,36 @@ def test_fit_from_features_equals_fit(age_data):
     fe = ConnectivityFeatures().fit(scans[:80])
     b = ConnectivityBaseline().fit_from_features(fe, fe.transform(scans[:80]), ages[:80])
     np.testing.assert_allclose(a.predict(scans[80:100]), b.predict(scans[80:100]))
+
+
+def test_linear_head_is_the_connectivity_head(age_data):
+    scans, ages = age_data
+    fe = ConnectivityFeatures().fit(scans[:80])
+    F_train, F_test = fe.transform(scans[:80]), fe.transform(scans[80:100])
+    head = LinearHead().fit(F_train, ages[:80])
+    full = ConnectivityBaseline().fit(scans[:80], ages[:80])
+    np.testing.assert_allclose(head.predict(F_test), full.predict(scans[80:100]))
+    assert head.alpha_ == full.alpha_
+
+
+def test_linear_head_probes_any_features_with_subject_folds():
+    rng = np.random.default_rng(0)
+    subjects = np.repeat(np.arange(60), 3)  # three windows per subject
+    age = rng.uniform(8, 40, 60)[subjects]
+    F = rng.normal(size=(180, 50))
+    F[:, 0] += 3 * (age - age.mean()) / age.std()
+    F[:, 1] = np.nan  # a column missing everywhere is imputed, not fatal
+    head = LinearHead().fit(F[:120], age[:120], groups=subjects[:120])
+    assert np.corrcoef(head.predict(F[120:]), age[120:])[0, 1] > 0.8
+    sex = np.where(F[:, 0] + 0.3 * rng.normal(size=180) > 0, "male", "female")
+    clf = LinearHead(model="logistic").fit(F[:120], sex[:120], groups=subjects[:120])
+    proba = clf.predict_proba(F[120:])
+    assert proba.shape == (60, 2) and list(clf.classes_) == ["female", "male"]
+    assert np.mean(clf.predict(F[120:]) == sex[120:]) > 0.7
+    with pytest.raises(ValueError, match="must be 2-D"):
+        LinearHead().fit(F[:, 0], age)
+    with pytest.raises(ValueError, match="at least two classes"):
+        LinearHead(model="logistic").fit(F[:10], ["male"] * 10)
 
 
 def test_repeated_subjects_use_group_inner_cv(age_data):

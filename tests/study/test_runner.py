@@ -89,6 +89,7 @@ def _config(tmp_path, store, **kw) -> StudyConfig:
         store=str(store.path),
         arms=[
             "baseline_median",
+            "baseline_site",
             "baseline_fc",
             "efficientnet_imagenet",
             "fmri_encoder",
@@ -124,6 +125,7 @@ def test_short_study_resumes_arm_by_arm(tmp_path, sample_store, tiny_assets, mon
     arms = study["arms"]
     assert list(arms) == [
         "baseline_median",
+        "baseline_site",
         "baseline_fc",
         "efficientnet_imagenet:heatmap",
         "fmri_encoder",
@@ -133,6 +135,7 @@ def test_short_study_resumes_arm_by_arm(tmp_path, sample_store, tiny_assets, mon
     ]
     for name in (
         "baseline_median",
+        "baseline_site",
         "baseline_fc",
         "efficientnet_imagenet:heatmap",
         "fmri_encoder",
@@ -143,6 +146,7 @@ def test_short_study_resumes_arm_by_arm(tmp_path, sample_store, tiny_assets, mon
         assert arms[name]["parse_failures"] == 0
         assert arms[name]["age_mae"] > 0 and len(arms[name]["age_mae_ci95"]) == 2
     assert arms["efficientnet_imagenet:heatmap"]["trainable_params"] > 0
+    _check_site_baseline(config, sample_store)
     assert arms["shared_vocab"]["status"] == "not run"
     assert "shared_vocab_model" in arms["shared_vocab"]["reason"]
     assert "not available offline" in arms["vlm:no-such-org/no-such-vlm:heatmap"]["reason"]
@@ -154,11 +158,12 @@ def test_short_study_resumes_arm_by_arm(tmp_path, sample_store, tiny_assets, mon
     assert "predictions" not in on_disk["arms"]["baseline_fc"]  # kept in the per-arm files
     assert Path(study["report"]["html"]).is_file()
     arm_files = sorted(p.name for p in (config.work_path / "arms").glob("*.json"))
-    assert len(arm_files) == 7
+    assert len(arm_files) == 8
 
     # a rerun skips every finished arm; "not run" arms are checked again (cheap)
     calls = []
-    for kind in ("baseline_median", "baseline_fc", "efficientnet_imagenet", "fmri_encoder", "vlm"):
+    kinds = ("baseline_median", "baseline_site", "baseline_fc", "efficientnet_imagenet")
+    for kind in (*kinds, "fmri_encoder", "vlm"):
         monkeypatch.setitem(runner_mod._RUNNERS, kind, lambda s, c, b: calls.append(s.name))
     again = run_study(config, lm_factory=tiny_causal_lm, progress=False, report=False)
     assert calls == ["vlm:no-such-org/no-such-vlm:heatmap"]
@@ -172,7 +177,13 @@ def test_short_study_resumes_arm_by_arm(tmp_path, sample_store, tiny_assets, mon
     monkeypatch.setitem(
         runner_mod._RUNNERS, "baseline_fc", lambda s, c, b: seen.append(s.name) or original(s, c, b)
     )
-    for kind in ("baseline_median", "efficientnet_imagenet", "fmri_encoder", "vlm"):
+    for kind in (
+        "baseline_median",
+        "baseline_site",
+        "efficientnet_imagenet",
+        "fmri_encoder",
+        "vlm",
+    ):
         monkeypatch.setitem(runner_mod._RUNNERS, kind, lambda s, c, b: pytest.fail(s.name))
     config.vlms = [tiny_assets["vlm"]]
     third = run_study(config, lm_factory=tiny_causal_lm, progress=False, report=False)
@@ -226,3 +237,63 @@ def test_classification_task_reports_balanced_accuracy_and_auc(tmp_path, sample_
         assert "sex_balanced_accuracy" in arm and "sex_auc" in arm
         assert len(arm["sex_auc_ci95"]) == 2 and arm["parse_failures"] == 0
     assert "balanced accuracy" in Path(study["report"]["html"]).read_text()
+
+
+def _check_site_baseline(config, store):
+    """Each test subject's site-only prediction is its site's mean age over the training split."""
+    table = store.table.reset_index(drop=True)
+    train = table.iloc[store.split_indices(config.scheme)["train"]]
+    site_mean = train.groupby("site")["age"].mean()
+    arm = json.loads((config.work_path / "arms" / "baseline_site.json").read_text())
+    preds = arm["predictions"]
+    assert preds["site"] and len(preds["site"]) == len(preds["y_pred"])
+    for site, pred in zip(preds["site"], preds["y_pred"], strict=True):
+        expected = site_mean.get(site, train["age"].mean())
+        assert pred == pytest.approx(expected)
+
+
+def test_every_arm_is_scored_on_the_scans_long_enough_for_a_window(tmp_path, sample_store):
+    # window 180: two of the sample's six test scans (152 and 176 points) are too short
+    config = _config(
+        tmp_path, sample_store, arms=["baseline_median", "baseline_site"], window_length=180
+    )
+    study = run_study(config, progress=False, report=False)
+    table = sample_store.table.reset_index(drop=True)
+    test = sample_store.split_indices(config.scheme)["test"]
+    n_long = int((table["n_timepoints"].to_numpy()[test] >= 180).sum())
+    assert 0 < n_long < len(test)
+    assert study["split"]["n_test_scans"] == n_long
+    assert study["split"]["n_test_scans_too_short"] == len(test) - n_long
+    for arm in study["arms"].values():
+        assert arm["status"] == "ok" and arm["n_test_scans"] == n_long
+
+
+@pytest.mark.parametrize("task", ["age", "diagnosis"])  # the sample's test scans are all male
+def test_linear_probes_read_every_encoders_features(tmp_path, sample_store, tiny_assets, task):
+    config = _config(
+        tmp_path,
+        sample_store,
+        arms=["linear_probe"],
+        task=task,
+        fmri_tokenizer=tiny_assets["tokenizer"],
+    )
+    assert [s.name for s in expand_arms(config)] == [
+        "linear_probe:efficientnet_imagenet:heatmap",
+        "linear_probe:efficientnet_random:heatmap",
+        "linear_probe:fmri_encoder",
+        "linear_probe:fmri_codes",
+    ]
+    study = run_study(config, progress=False, report=False)
+    for name, arm in study["arms"].items():
+        assert arm["status"] == "ok", (name, arm.get("traceback", arm))
+        assert arm["parse_failures"] == 0 and arm["n_train_windows"] > 0
+        assert arm["n_test_scans"] == study["split"]["n_test_scans"]
+        if task == "age":
+            assert arm["age_mae"] > 0 and len(arm["age_mae_ci95"]) == 2
+            assert "alpha" in arm["penalty"]
+        else:
+            assert 0 <= arm["diagnosis_auc"] <= 1 and "C" in arm["penalty"]
+    # the fMRI encoder's pooled features: code_dim=4 per ROI (mean over time patches)
+    assert study["arms"]["linear_probe:fmri_encoder"]["trainable_params"] == (
+        sample_store.n_rois * 4 + 1
+    )

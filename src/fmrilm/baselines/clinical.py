@@ -66,6 +66,7 @@ __all__ = [
     "SiteBaseline",
     "ConnectivityFeatures",
     "ConnectivityBaseline",
+    "LinearHead",
     "BASELINES",
     "KNOWN_LABELS",
     "infer_task",
@@ -457,20 +458,24 @@ def _kwargs_supported(cls: type, **kwargs: Any) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-class ConnectivityBaseline(BaseEstimator):
-    """Connectivity features -> impute -> standardise -> RidgeCV / LogisticRegressionCV.
+class LinearHead(BaseEstimator):
+    """Features -> impute -> standardise -> RidgeCV / LogisticRegressionCV, subject-aware.
+
+    The model head of :class:`ConnectivityBaseline`, usable on any fixed features (a linear probe
+    of a frozen encoder's features, for example). Everything with parameters (imputation means,
+    scaling, the penalty chosen by inner cross-validation, the Platt map) is fitted on the
+    training rows only.
 
     Parameters
     ----------
-    kind : {"correlation", "tangent"}, default="correlation"
-        Connectivity measure, see :class:`ConnectivityFeatures`.
     model : {"ridge", "logistic"}, default="ridge"
         ``"ridge"``: ``RidgeCV`` over ``alphas`` (efficient leave-one-out CV on the training
-        data). ``"logistic"``: L2 ``LogisticRegressionCV`` over ``Cs``, inner stratified
-        ``cv``-fold CV scored by log loss, ``class_weight="balanced"``.
+        data, or ``GroupKFold`` when ``groups`` repeat). ``"logistic"``: L2
+        ``LogisticRegressionCV`` over ``Cs``, inner stratified ``cv``-fold CV scored by log loss,
+        ``class_weight="balanced"``.
     alphas : sequence of float, optional
         Ridge grid; default ``logspace(-3, 7, 21)`` (features are standardised, and there are
-        ~20k of them for 200 ROIs, so large penalties are needed).
+        ~20k connectivity features for 200 ROIs, so large penalties are needed).
     Cs : sequence of float, optional
         Inverse logistic penalties; default ``logspace(-5, 0, 11)``.
     cv : int, default=5
@@ -480,18 +485,17 @@ class ConnectivityBaseline(BaseEstimator):
     random_state : int, default=0
         Seed of the inner folds.
     calibrate : bool, default=True
-        Binary logistic only. With ~20k features and a few hundred scans the training data are
+        Binary logistic only. With many more features than rows the training data are
         separable: the fitted intercept reflects the extreme training margins, test margins
-        shrink towards it, and every test scan can land on one side of 0.5 (measured on ABIDE
-        sex: ROC AUC 0.79 but balanced accuracy exactly 0.5). When True, probabilities are
-        Platt-rescaled (class-balanced) on out-of-fold decision values from the inner folds at
-        the chosen C, so that 0.5 is a balanced threshold. The map is increasing, so ROC AUC is
-        unchanged; if the out-of-fold scores do not rank the classes (non-positive slope) the
-        raw probabilities are kept and ``calibration_status_`` says so.
+        shrink towards it, and every test row can land on one side of 0.5 (measured on ABIDE
+        sex from connectivity: ROC AUC 0.79 but balanced accuracy exactly 0.5). When True,
+        probabilities are Platt-rescaled (class-balanced) on out-of-fold decision values from the
+        inner folds at the chosen C, so that 0.5 is a balanced threshold. The map is increasing,
+        so ROC AUC is unchanged; if the out-of-fold scores do not rank the classes (non-positive
+        slope) the raw probabilities are kept and ``calibration_status_`` says so.
 
     Attributes
     ----------
-    features_ : ConnectivityFeatures
     model_ : sklearn.pipeline.Pipeline
     classes_ : ndarray
         Classes (logistic).
@@ -507,7 +511,6 @@ class ConnectivityBaseline(BaseEstimator):
 
     def __init__(
         self,
-        kind: str = "correlation",
         model: str = "ridge",
         *,
         alphas: Sequence[float] | None = None,
@@ -517,7 +520,6 @@ class ConnectivityBaseline(BaseEstimator):
         random_state: int = 0,
         calibrate: bool = True,
     ):
-        self.kind = kind
         self.model = model
         self.alphas = alphas
         self.Cs = Cs
@@ -527,52 +529,32 @@ class ConnectivityBaseline(BaseEstimator):
         self.calibrate = calibrate
 
     def _check_params(self) -> None:
-        if self.kind not in ("correlation", "tangent"):
-            raise ValueError(f"kind must be 'correlation' or 'tangent', got {self.kind!r}")
         if self.model not in ("ridge", "logistic"):
             raise ValueError(f"model must be 'ridge' or 'logistic', got {self.model!r}")
         if not isinstance(self.cv, (int, np.integer)) or self.cv < 2:
             raise ValueError(f"cv must be an integer >= 2, got {self.cv!r}")
 
-    def fit(self, X: Any, y: Any, groups: Any = None) -> ConnectivityBaseline:
-        """Fit on training scans.
+    def fit(self, F: Any, y: Any, groups: Any = None) -> LinearHead:
+        """Fit on training features.
 
         Parameters
         ----------
-        X : list of ndarray of shape (T_i, R)
-            Training time series (T may differ between scans, R may not).
+        F : array-like of shape (n, n_features)
+            Features; NaN entries are imputed with the training mean of their column.
         y : array-like of shape (n,)
             Numeric target for ``model="ridge"``, labels for ``model="logistic"``; no missing.
         groups : array-like of shape (n,), optional
-            Subject of each scan. When a subject has several scans the inner CV keeps them in
-            one fold (``GroupKFold`` / ``StratifiedGroupKFold``).
+            Subject of each row. When a subject has several rows the inner CV keeps them in one
+            fold (``GroupKFold`` / ``StratifiedGroupKFold``).
         """
         self._check_params()
-        X = _check_timeseries(X)
-        task = "regression" if self.model == "ridge" else "classification"
-        _check_y(y, task, len(X))
-        features = ConnectivityFeatures(self.kind).fit(X)
-        return self.fit_from_features(features, features.transform(X), y, groups=groups)
-
-    def fit_from_features(
-        self, features: ConnectivityFeatures, F: np.ndarray, y: Any, groups: Any = None
-    ) -> ConnectivityBaseline:
-        """Fit the model head on features already computed by a fitted ``features``.
-
-        Lets several targets share one (expensive) tangent fit: ``features`` must have been
-        fitted on training scans only and ``F = features.transform(training scans)``. Gives the
-        same model as :meth:`fit` on those scans.
-        """
-        self._check_params()
-        check_is_fitted(features, "measure_")
         F = np.asarray(F, dtype=np.float64)
         if F.ndim != 2:
-            raise ValueError(f"F must be 2-D (n_scans, n_features), got shape {F.shape}")
+            raise ValueError(f"F must be 2-D (n_rows, n_features), got shape {F.shape}")
         task = "regression" if self.model == "ridge" else "classification"
         y, _ = _check_y(y, task, len(F))
         if task == "classification" and len(np.unique(y)) < 2:
             raise ValueError("logistic model needs at least two classes in y")
-        self.features_ = features
         splits = self._inner_splits(F, y, groups, task)
         if task == "regression":
             alphas = np.asarray(self.alphas if self.alphas is not None else DEFAULT_ALPHAS)
@@ -692,6 +674,94 @@ class ConnectivityBaseline(BaseEstimator):
             return self.model_.predict_proba(F)
         d = self.model_.decision_function(F)
         return self.calibration_.predict_proba(np.asarray(d, dtype=float)[:, None])
+
+    def predict(self, F: Any) -> np.ndarray:
+        """Predict from features (n, n_features)."""
+        return self.predict_from_features(np.asarray(F, dtype=np.float64))
+
+    def predict_proba(self, F: Any) -> np.ndarray:
+        """Class probabilities (n, n_classes), columns in ``classes_`` order (logistic only)."""
+        return self.predict_proba_from_features(np.asarray(F, dtype=np.float64))
+
+
+class ConnectivityBaseline(LinearHead):
+    """Connectivity features -> :class:`LinearHead` (impute, standardise, RidgeCV / logistic).
+
+    Parameters
+    ----------
+    kind : {"correlation", "tangent"}, default="correlation"
+        Connectivity measure, see :class:`ConnectivityFeatures`.
+    model, alphas, Cs, cv, max_iter, random_state, calibrate
+        The head's settings, see :class:`LinearHead`. ``calibrate`` matters here: with ~20k
+        connectivity features and a few hundred scans, uncalibrated logistic probabilities put
+        every ABIDE test scan on one side of 0.5 for sex (AUC 0.79, balanced accuracy 0.5).
+
+    Attributes
+    ----------
+    features_ : ConnectivityFeatures
+    model_, classes_, alpha_, C_, at_grid_edge_, calibration_status_
+        See :class:`LinearHead`.
+    """
+
+    def __init__(
+        self,
+        kind: str = "correlation",
+        model: str = "ridge",
+        *,
+        alphas: Sequence[float] | None = None,
+        Cs: Sequence[float] | None = None,
+        cv: int = 5,
+        max_iter: int = 1000,
+        random_state: int = 0,
+        calibrate: bool = True,
+    ):
+        self.kind = kind
+        self.model = model
+        self.alphas = alphas
+        self.Cs = Cs
+        self.cv = cv
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.calibrate = calibrate
+
+    def _check_params(self) -> None:
+        if self.kind not in ("correlation", "tangent"):
+            raise ValueError(f"kind must be 'correlation' or 'tangent', got {self.kind!r}")
+        super()._check_params()
+
+    def fit(self, X: Any, y: Any, groups: Any = None) -> ConnectivityBaseline:
+        """Fit on training scans.
+
+        Parameters
+        ----------
+        X : list of ndarray of shape (T_i, R)
+            Training time series (T may differ between scans, R may not).
+        y : array-like of shape (n,)
+            Numeric target for ``model="ridge"``, labels for ``model="logistic"``; no missing.
+        groups : array-like of shape (n,), optional
+            Subject of each scan. When a subject has several scans the inner CV keeps them in
+            one fold (``GroupKFold`` / ``StratifiedGroupKFold``).
+        """
+        self._check_params()
+        X = _check_timeseries(X)
+        task = "regression" if self.model == "ridge" else "classification"
+        _check_y(y, task, len(X))
+        features = ConnectivityFeatures(self.kind).fit(X)
+        return self.fit_from_features(features, features.transform(X), y, groups=groups)
+
+    def fit_from_features(
+        self, features: ConnectivityFeatures, F: np.ndarray, y: Any, groups: Any = None
+    ) -> ConnectivityBaseline:
+        """Fit the model head on features already computed by a fitted ``features``.
+
+        Lets several targets share one (expensive) tangent fit: ``features`` must have been
+        fitted on training scans only and ``F = features.transform(training scans)``. Gives the
+        same model as :meth:`fit` on those scans.
+        """
+        self._check_params()
+        check_is_fitted(features, "measure_")
+        self.features_ = features
+        return LinearHead.fit(self, F, y, groups=groups)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predict from time series ``X`` (list of (T, R) arrays)."""

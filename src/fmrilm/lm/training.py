@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from fmrilm.lm.config import LMConfig
 from fmrilm.lm.model import FMRILanguageModel
 from fmrilm.lm.tasks import TaskSpec, build_tasks
+from fmrilm.tokenizer.training import find_resume_checkpoint
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -315,21 +316,6 @@ class _Throughput(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.steps += 1
-
-
-def find_resume_checkpoint(ckpt_dir: str | Path) -> Path | None:
-    """Newest checkpoint in ``ckpt_dir`` that loads (a file cut short by a kill is skipped)."""
-    ckpt_dir = Path(ckpt_dir)
-    if not ckpt_dir.exists():
-        return None
-    cands = []
-    for f in ckpt_dir.glob("*.ckpt"):
-        try:
-            c = torch.load(f, map_location="cpu", weights_only=False)
-            cands.append((int(c.get("global_step", -1)), f.stat().st_mtime, f))
-        except Exception:  # noqa: BLE001 - a truncated file is skipped
-            continue
-    return max(cands)[2] if cands else None
 
 
 def _config_repr(cfg: Any) -> str:

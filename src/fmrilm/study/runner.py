@@ -4,10 +4,15 @@ Arms (``StudyConfig.arms``; each name expands to one run per rendering / model):
 
 =========================  =================================================================
 ``baseline_median``        training-set median (:class:`fmrilm.baselines.TrivialBaseline`)
+``baseline_site``          the training-set mean of the subject's site (:class:`SiteBaseline`)
 ``baseline_fc``            functional connectivity + ridge (:class:`ConnectivityBaseline`)
 ``efficientnet_imagenet``  rendered window -> ImageNet EfficientNet-Lite0 -> prefix -> LM+LoRA
 ``efficientnet_random``    the same with a randomly initialised encoder (the control)
 ``fmri_encoder``           the fMRI tokenizer's continuous encoder -> prefix -> LM+LoRA
+``fmri_codes``             the same with the quantized codes' codebook vectors (what the shared
+                           vocabulary carries) instead of the continuous encoder output
+``linear_probe``           ridge / logistic regression on each encoder's frozen pooled features
+                           (the same windows): is the target in the features, whatever the LM does
 ``shared_vocab``           the shared-vocabulary LM (``fmrilm lm``), evaluated here
 ``vlm``                    rendered window -> a VLM's own processor/encoder -> LM+LoRA
 =========================  =================================================================
@@ -59,10 +64,13 @@ __all__ = [
 
 ARM_KINDS = (
     "baseline_median",
+    "baseline_site",
     "baseline_fc",
     "efficientnet_imagenet",
     "efficientnet_random",
     "fmri_encoder",
+    "fmri_codes",
+    "linear_probe",
     "shared_vocab",
     "vlm",
 )
@@ -74,7 +82,10 @@ DEFAULT_VLMS = (
     "meta-llama/Llama-3.2-11B-Vision-Instruct",
 )
 _IMAGE_KINDS = ("efficientnet_imagenet", "efficientnet_random", "vlm")
-_TRAINED_KINDS = ("efficientnet_imagenet", "efficientnet_random", "fmri_encoder", "vlm")
+_FMRI_KINDS = ("fmri_encoder", "fmri_codes")
+_TRAINED_KINDS = ("efficientnet_imagenet", "efficientnet_random", *_FMRI_KINDS, "vlm")
+#: Frozen encoders whose pooled features the prefix arms feed to the LM (and the probes read).
+_ENCODER_KINDS = ("efficientnet_imagenet", "efficientnet_random", *_FMRI_KINDS)
 _ARM_FORMAT = "fmrilm.study.arm"
 
 
@@ -105,6 +116,12 @@ class ArmBudget:
     lr: float = 1e-3
     max_train_windows: int | None = 512
     max_eval_windows: int | None = None
+
+    def __post_init__(self) -> None:
+        # one type per field, so that 1500 (YAML) and 1500.0 (command line) are the same budget
+        self.steps, self.batch_size, self.lr = int(self.steps), int(self.batch_size), float(self.lr)
+        if self.max_seconds is not None:
+            self.max_seconds = float(self.max_seconds)
 
 
 @dataclass
@@ -269,6 +286,10 @@ def expand_arms(config: StudyConfig) -> list[ArmSpec]:
             specs += [ArmSpec(kind, rendering=r) for r in config.renderings]
         elif kind == "vlm":
             specs += [ArmSpec(kind, r, m) for m in config.vlms for r in config.renderings]
+        elif kind == "linear_probe":
+            for enc in _ENCODER_KINDS:
+                renderings = [None] if enc in _FMRI_KINDS else config.renderings
+                specs += [ArmSpec(kind, rendering=r, model=enc) for r in renderings]
         else:
             specs.append(ArmSpec(kind))
     return specs
@@ -416,6 +437,10 @@ def _evaluate(ctx: _Context, rows: np.ndarray, preds: np.ndarray) -> dict[str, A
     )
 
     t = ctx.config.task
+    # every arm is scored on the same scans: the test scans long enough for one study window
+    # (an arm reading shorter windows, such as a shared-vocabulary LM, may answer more)
+    inside = np.isin(rows, ctx.test_rows)
+    rows, preds = rows[inside], np.asarray(preds)[inside]
     y = ctx.values[rows]
     keep = np.array([not _missing(v) for v in y], dtype=bool)
     rows, y, preds = rows[keep], y[keep], np.asarray(preds)[keep]
@@ -462,7 +487,7 @@ def _evaluate(ctx: _Context, rows: np.ndarray, preds: np.ndarray) -> dict[str, A
 
 
 def _arm_baseline(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
-    from fmrilm.baselines.clinical import ConnectivityBaseline, TrivialBaseline
+    from fmrilm.baselines.clinical import ConnectivityBaseline, SiteBaseline, TrivialBaseline
 
     y_tr = ctx.values[ctx.train_rows]
     keep = np.array([not _missing(v) for v in y_tr], dtype=bool)
@@ -470,9 +495,13 @@ def _arm_baseline(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
     y_fit = y_tr[keep].astype(float) if ctx.kind == "regression" else y_tr[keep].astype(str)
     test = ctx.test_rows
     t0 = time.perf_counter()
+    sites = ctx.table["site"].astype(str).to_numpy()
     if spec.kind == "baseline_median":
         est = TrivialBaseline(task=ctx.kind).fit(tr, y_fit)
         params = 1
+    elif spec.kind == "baseline_site":
+        est = SiteBaseline(task=ctx.kind).fit(sites[tr], y_fit)
+        params = int(sum(np.size(v) for v in est.site_values_.values()))
     else:
         ts = [ctx.store.timeseries(int(i)) for i in tr]
         est = ConnectivityBaseline(
@@ -485,7 +514,12 @@ def _arm_baseline(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
         r = ctx.store.n_rois
         params = r * (r - 1) // 2 + 1
     train_seconds = time.perf_counter() - t0
-    X = test if spec.kind == "baseline_median" else [ctx.store.timeseries(int(i)) for i in test]
+    if spec.kind == "baseline_median":
+        X = test
+    elif spec.kind == "baseline_site":
+        X = sites[test]
+    else:
+        X = [ctx.store.timeseries(int(i)) for i in test]
     if ctx.kind == "regression":
         pred = np.asarray(est.predict(X), dtype=float)
     else:
@@ -546,14 +580,14 @@ def _scan_predictions(ctx: _Context, rows: np.ndarray, out: dict) -> tuple[np.nd
     return scans, pred
 
 
-def _features_image(spec: ArmSpec, ctx: _Context, windows, renderer, bar) -> Any:
+def _features_image(kind: str, ctx: _Context, windows, renderer, bar) -> Any:
     import torch
 
     from fmrilm.study.efficientnet import build_efficientnet, preprocess
 
     try:
         encoder = build_efficientnet(
-            pretrained=spec.kind == "efficientnet_imagenet", seed=ctx.config.seed
+            pretrained=kind == "efficientnet_imagenet", seed=ctx.config.seed
         )
     except FileNotFoundError as err:
         raise ArmNotRunnable(str(err)) from None
@@ -566,7 +600,7 @@ def _features_image(spec: ArmSpec, ctx: _Context, windows, renderer, bar) -> Any
     return torch.cat(feats) if feats else torch.zeros(0, 1280)
 
 
-def _features_fmri(ctx: _Context, windows, encoder) -> Any:
+def _features_fmri(ctx: _Context, windows, encoder, quantized: bool = False) -> Any:
     import torch
     from einops import reduce
 
@@ -574,7 +608,10 @@ def _features_fmri(ctx: _Context, windows, encoder) -> Any:
     with torch.no_grad():
         for s in range(0, len(windows), 16):
             w = torch.from_numpy(np.stack(windows[s : s + 16]))
-            z = encoder.encode_continuous(w)  # (B, R, P, C)
+            if quantized:  # codebook vectors of the discrete codes: what the vocabulary holds
+                z = encoder.code_vectors(encoder.encode(w))  # (B, R, P, C)
+            else:
+                z = encoder.encode_continuous(w)  # (B, R, P, C)
             if ctx.config.fmri_pooling == "time":
                 out.append(reduce(z, "b r p c -> b (r c)", "mean"))
             else:
@@ -609,12 +646,9 @@ def _renderer(ctx: _Context, rendering: str):
     return r
 
 
-def _arm_prefix(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
-    """Image-encoder and fMRI-encoder arms: frozen encoder -> projector prefix -> LM + LoRA."""
-    from fmrilm.study.prefix import PrefixLM, train_prefix_lm, trainable_parameters
-
-    budget = ctx.config.budget_for(spec.kind)
-    if spec.kind == "fmri_encoder":
+def _featurizer(kind: str, rendering: str | None, ctx: _Context, bar) -> Callable:
+    """``windows -> (N, F)`` pooled features of a frozen encoder (an image or the fMRI encoder)."""
+    if kind in _FMRI_KINDS:
         if not ctx.config.fmri_tokenizer:
             raise ArmNotRunnable("no trained fMRI tokenizer given (config key fmri_tokenizer)")
         try:
@@ -628,10 +662,20 @@ def _arm_prefix(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
                 f"fMRI tokenizer folder {ctx.config.fmri_tokenizer} does not exist"
             )
         encoder = FMRITokenizer.from_pretrained(ctx.config.fmri_tokenizer).eval()
-        featurize = lambda w: _features_fmri(ctx, w, encoder)  # noqa: E731
+        quantized = kind == "fmri_codes"
+        featurize = lambda w: _features_fmri(ctx, w, encoder, quantized)  # noqa: E731
     else:
-        renderer = _renderer(ctx, spec.rendering)
-        featurize = lambda w: _features_image(spec, ctx, w, renderer, bar)  # noqa: E731
+        renderer = _renderer(ctx, rendering)
+        featurize = lambda w: _features_image(kind, ctx, w, renderer, bar)  # noqa: E731
+    return featurize
+
+
+def _arm_prefix(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
+    """Image-encoder and fMRI-encoder arms: frozen encoder -> projector prefix -> LM + LoRA."""
+    from fmrilm.study.prefix import PrefixLM, train_prefix_lm, trainable_parameters
+
+    budget = ctx.config.budget_for(spec.kind)
+    featurize = _featurizer(spec.kind, spec.rendering, ctx, bar)
     lm, tok = ctx.lm_factory()
     train_w, train_rows = _windows(ctx, "train", budget.max_train_windows)
     keep, answers = _training_targets(ctx, train_rows)
@@ -679,6 +723,75 @@ def _arm_prefix(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
         "train_steps": hist["steps"],
         "stopped_by_budget": hist["stopped_by_budget"],
         "final_loss": float(np.mean(hist["losses"][-10:])),
+        "n_train_windows": len(train_w),
+        "n_test_windows": len(test_w),
+    }
+
+
+def _arm_probe(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
+    """Linear probe: ridge / logistic regression on an encoder's frozen pooled window features.
+
+    The same windows and features as the encoder's prefix arm (its budget's window caps), so
+    the gap between the two says what the language model loses or adds on top of the encoder.
+    """
+    from fmrilm.baselines.clinical import LinearHead
+
+    encoder = spec.model or ""
+    if encoder not in _ENCODER_KINDS:
+        raise ValueError(f"linear_probe needs an encoder in {_ENCODER_KINDS}, got {encoder!r}")
+    budget = ctx.config.budget_for(encoder)
+    featurize = _featurizer(encoder, spec.rendering, ctx, bar)
+    train_w, train_rows = _windows(ctx, "train", budget.max_train_windows)
+    keep = np.array([not _missing(v) for v in ctx.values[train_rows]], dtype=bool)
+    if ctx.kind != "regression":
+        keep &= np.array([_answer_index(ctx.task, v) >= 0 for v in ctx.values[train_rows]])
+    train_w = [w for w, k in zip(train_w, keep, strict=True) if k]
+    train_rows = train_rows[keep]
+    if not train_w:
+        raise ArmNotRunnable("no training window has a target value")
+    test_w, test_rows = _windows(ctx, "test", budget.max_eval_windows)
+    if not test_w:
+        raise ArmNotRunnable("no test scan is long enough for one window")
+    t0 = time.perf_counter()
+    f_train = np.asarray(featurize(train_w), dtype=np.float64)
+    f_test = np.asarray(featurize(test_w), dtype=np.float64)
+    feature_seconds = time.perf_counter() - t0
+    values = ctx.values[train_rows]
+    if ctx.kind == "regression":
+        y = values.astype(float)
+    else:
+        y = np.asarray([ctx.task.answers[_answer_index(ctx.task, v)] for v in values])
+    groups = ctx.table["subject_id"].astype(str).to_numpy()[train_rows]
+    t0 = time.perf_counter()
+    head = LinearHead(
+        model="ridge" if ctx.kind == "regression" else "logistic", random_state=ctx.config.seed
+    ).fit(f_train, y, groups=groups)
+    train_seconds = time.perf_counter() - t0
+    if ctx.kind == "regression":
+        out = {"expected": head.predict(f_test)}
+    else:
+        proba = head.predict_proba(f_test)
+        classes = [str(c) for c in head.classes_]
+        out = {
+            "probs": np.stack(
+                [
+                    proba[:, classes.index(a)] if a in classes else np.zeros(len(f_test))
+                    for a in ctx.task.answers
+                ],
+                axis=1,
+            )
+        }
+    scans, pred = _scan_predictions(ctx, test_rows, out)
+    bar.update(1)
+    penalty = {"alpha": head.alpha_} if ctx.kind == "regression" else {"C": head.C_}
+    return {
+        **_evaluate(ctx, scans, pred),
+        "parse_failures": 0,
+        "trainable_params": int(f_train.shape[1] + 1),
+        "train_seconds": train_seconds,
+        "feature_seconds": feature_seconds,
+        "penalty": penalty,
+        "penalty_at_grid_edge": bool(head.at_grid_edge_),
         "n_train_windows": len(train_w),
         "n_test_windows": len(test_w),
     }
@@ -761,10 +874,13 @@ def _arm_shared_vocab(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
 
 _RUNNERS: dict[str, Callable] = {
     "baseline_median": _arm_baseline,
+    "baseline_site": _arm_baseline,
     "baseline_fc": _arm_baseline,
     "efficientnet_imagenet": _arm_prefix,
     "efficientnet_random": _arm_prefix,
     "fmri_encoder": _arm_prefix,
+    "fmri_codes": _arm_prefix,
+    "linear_probe": _arm_probe,
     "vlm": _arm_vlm,
     "shared_vocab": _arm_shared_vocab,
 }
@@ -793,8 +909,12 @@ def _arm_fingerprint(config: StudyConfig, spec: ArmSpec) -> str:
     )
     d = {k: getattr(config, k) for k in keys}
     d["lora"] = config.lora.to_dict()
-    d["budget"] = dataclasses.asdict(config.budget_for(spec.kind))
+    budget_kind = spec.model if spec.kind == "linear_probe" else spec.kind
+    d["budget"] = dataclasses.asdict(config.budget_for(budget_kind or spec.kind))
     d["arm"] = dataclasses.asdict(spec)
+    if spec.kind.startswith("baseline") or spec.kind == "shared_vocab":
+        # these arms once scored every test scan, short ones included: such results are stale
+        d["eval_scans"] = "at least window_length"
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -843,7 +963,13 @@ def run_study(
     table = store.table.reset_index(drop=True)
     splits = store.split_indices(config.scheme)
     train_rows = np.asarray(splits["train"], dtype=np.int64)
-    test_rows = np.asarray(splits["test"], dtype=np.int64)
+    all_test_rows = np.asarray(splits["test"], dtype=np.int64)
+    long_enough = table["n_timepoints"].to_numpy()[all_test_rows] >= config.window_length
+    test_rows = all_test_rows[long_enough]
+    if not len(test_rows):
+        raise ValueError(
+            f"no {config.scheme} test scan has window_length={config.window_length} time points"
+        )
     values = target_values(table, config.task).to_numpy(dtype=object)
     present = [v for v in values[train_rows] if not _missing(v)]
     if not present:
@@ -912,6 +1038,9 @@ def run_study(
             "eval_split": "test",
             "n_train_scans": int(len(train_rows)),
             "n_test_scans": int(len(test_rows)),
+            "n_test_scans_too_short": int((~long_enough).sum()),
+            "eval_rule": f"test scans with at least window_length={config.window_length} time "
+            "points; every arm, baselines included, is scored on these",
             "n_train_subjects": int(table["subject_id"].iloc[train_rows].nunique()),
             "n_test_subjects": int(table["subject_id"].iloc[test_rows].nunique()),
         },
