@@ -147,6 +147,20 @@ def test_short_study_resumes_arm_by_arm(tmp_path, sample_store, tiny_assets, mon
         assert arms[name]["age_mae"] > 0 and len(arms[name]["age_mae_ci95"]) == 2
     assert arms["efficientnet_imagenet:heatmap"]["trainable_params"] > 0
     _check_site_baseline(config, sample_store)
+    comp = study["comparisons"]
+    assert comp["metric"] == "mae" and set(comp["arms"]["fmri_encoder"]) == {
+        "baseline_median",
+        "baseline_site",
+        "baseline_fc",
+    }
+    vs_fc = comp["arms"]["fmri_encoder"]["baseline_fc"]
+    assert vs_fc["value_a"] == pytest.approx(arms["fmri_encoder"]["age_mae"])
+    assert vs_fc["value_b"] == pytest.approx(arms["baseline_fc"]["age_mae"])
+    assert vs_fc["difference"] == pytest.approx(vs_fc["value_a"] - vs_fc["value_b"])
+    assert vs_fc["ci_low"] <= vs_fc["difference"] <= vs_fc["ci_high"]
+    assert "baseline_fc" not in comp["arms"].get("baseline_fc", {})
+    assert "fmri_encoder" in comp["arms"]["efficientnet_imagenet:heatmap"]
+    assert 'id="comparisons"' in Path(study["report"]["html"]).read_text()
     assert arms["shared_vocab"]["status"] == "not run"
     assert "shared_vocab_model" in arms["shared_vocab"]["reason"]
     assert "not available offline" in arms["vlm:no-such-org/no-such-vlm:heatmap"]["reason"]

@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "TABLE_COLUMNS",
+    "comparisons_table_html",
     "plot_predicted_vs_true",
     "plot_prediction_distributions",
     "results_table_html",
@@ -238,6 +239,42 @@ def results_table_html(
     )
 
 
+def comparisons_table_html(comparisons: Mapping[str, Any]) -> str:
+    """Paired differences (arm - reference, 95% CI) as an HTML ``<table>``; bold: CI excludes 0.
+
+    Parameters
+    ----------
+    comparisons : mapping
+        ``study.json``'s ``comparisons``: ``metric`` and ``arms`` (arm -> reference -> dict with
+        ``difference``, ``ci_low``, ``ci_high``, ``better``, ``n``).
+    """
+    arms = comparisons.get("arms", {})
+    refs: list[str] = []
+    for per_ref in arms.values():
+        refs += [r for r in per_ref if r not in refs]
+    head = "".join(f"<th>vs {html.escape(r)}</th>" for r in refs)
+    rows = []
+    for name, per_ref in arms.items():
+        cells = [f'<th scope="row">{html.escape(name)}</th>']
+        for ref in refs:
+            d = per_ref.get(ref)
+            if d is None or d.get("difference") is None:
+                cells.append("<td>\u2013</td>")
+                continue
+            text = html.escape(
+                f"{d['difference']:+.2f} {_fmt([d['ci_low'], d['ci_high']], 'ci')} (n={d['n']})"
+            )
+            cells.append(f"<td><b>{text}</b></td>" if d.get("better") else f"<td>{text}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return (
+        '<table id="comparisons">\n<thead><tr><th>arm</th>'
+        + head
+        + "</tr></thead>\n<tbody>\n"
+        + "\n".join(rows)
+        + "\n</tbody>\n</table>"
+    )
+
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}
@@ -303,6 +340,16 @@ def write_html_report(
         "<h2>Results</h2>",
         results_table_html(study.get("arms", {}), task=task, kind=kind),
     ]
+    comparisons = study.get("comparisons") or {}
+    if comparisons.get("arms"):
+        metric = html.escape(str(comparisons.get("metric", "")))
+        body += [
+            "<h2>Paired differences</h2>",
+            f"<p>{metric} of each arm minus that of a reference arm, on the subjects both scored "
+            "and the same bootstrap resamples (95% CI); bold where the interval excludes 0. "
+            "For MAE negative is better, for AUC positive.</p>",
+            comparisons_table_html(comparisons),
+        ]
     if not_run:
         body += ["<h2>Arms not run</h2>", f"<ul>{''.join(not_run)}</ul>"]
     if imgs:

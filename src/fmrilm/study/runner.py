@@ -1054,10 +1054,53 @@ def run_study(
         "machine": machine(),
         "config": config.to_dict(),
     }
+    study["comparisons"] = _paired_comparisons(results, config, kind, list(task.answers))
     if report:
         study["report"] = _write_report(study, results, config, kind)
     _write_json(Path(config.out), study)
     return _jsonable(study)
+
+
+#: Arms every other arm is compared with, paired on the same subjects (the baselines, and the
+#: fMRI encoder that the study's question puts against the image encoders).
+REFERENCE_ARMS = ("baseline_fc", "baseline_site", "baseline_median", "fmri_encoder")
+
+
+def _paired_comparisons(
+    results: dict[str, dict[str, Any]], config: StudyConfig, kind: str, labels: list
+) -> dict[str, Any]:
+    """Paired bootstrap difference of every arm against each reference arm that ran.
+
+    MAE (regression) or ROC AUC (classification), arm minus reference, both scored on the same
+    bootstrap resamples of the subjects they share, so the interval says whether a gap is real.
+    """
+    from fmrilm.evaluation.metrics import paired_bootstrap_difference
+
+    metric = "mae" if kind == "regression" else "roc_auc"
+    ok = {n: r for n, r in results.items() if r.get("status") == "ok" and r.get("predictions")}
+    out: dict[str, Any] = {"metric": metric, "difference": "arm - reference", "arms": {}}
+    for ref in (r for r in REFERENCE_ARMS if r in ok):
+        ref_pred = ok[ref]["predictions"]
+        by_subject = dict(zip(ref_pred["subject_id"], ref_pred["y_pred"], strict=True))
+        for name, res in ok.items():
+            if name == ref:
+                continue
+            pred = res["predictions"]
+            idx = [i for i, s in enumerate(pred["subject_id"]) if s in by_subject]
+            if len(idx) < 2:
+                continue
+            d = paired_bootstrap_difference(
+                [pred["y_true"][i] for i in idx],
+                [pred["y_pred"][i] for i in idx],
+                [by_subject[pred["subject_id"][i]] for i in idx],
+                metric,
+                labels=None if kind == "regression" else labels,
+                n_bootstrap=config.n_bootstrap,
+                seed=config.seed,
+            )
+            keys = ("n", "value_a", "value_b", "difference", "ci_low", "ci_high", "better")
+            out["arms"].setdefault(name, {})[ref] = {k: d[k] for k in keys}
+    return out
 
 
 def _write_report(study: dict, results: dict, config: StudyConfig, kind: str) -> dict[str, str]:
