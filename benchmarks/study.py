@@ -1,6 +1,7 @@
 """The comparison study on ABIDE, run as parallel one-thread jobs, then gathered.
 
     python -m benchmarks.study [--config configs/study.yaml] [--parallel 2] [--task age]
+        [--arms a,b,...] [--renderings heatmap,...] [--out study.json] [--work-dir DIR]
         [--set KEY=VALUE ...]
 
 One job per unit of work (an arm kind with one rendering: ``efficientnet_imagenet`` x
@@ -44,12 +45,12 @@ def job_units(config) -> list[tuple[str, str | None]]:
     return sorted(units, key=lambda u: -COST.get(u[0], 1))
 
 
-def _launch(unit, argv_config: list[str], log_dir: Path) -> dict:
+def _launch(unit, argv_config: list[str], renderings: str | None, log_dir: Path) -> dict:
     kind, rendering = unit
     name = kind + (f"_{rendering}" if rendering else "")
     cmd = [sys.executable, "-m", "fmrilm.cli", "study", *argv_config, "--arms", kind, "--quiet"]
-    if rendering:
-        cmd += ["--renderings", rendering]
+    if rendering or renderings:
+        cmd += ["--renderings", rendering or renderings]
     # each job writes its own partial study.json; only the gathering run writes the real one
     cmd += ["--out", str(log_dir / f"{name}.json")]
     t0 = time.time()
@@ -99,23 +100,39 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "study.yaml")
     ap.add_argument("--task", default=None)
+    ap.add_argument("--arms", default=None, help="comma-separated arm kinds (default: config)")
+    ap.add_argument("--renderings", default=None, help="comma-separated (default: config)")
+    ap.add_argument("--out", default=None, help="study.json (default: config)")
+    ap.add_argument("--work-dir", default=None, help="arm files and report (default: config)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (one thread each)")
     args = ap.parse_args(argv)
     argv_config = [str(args.config)]
     if args.task:
         argv_config += ["--task", args.task]
+    if args.work_dir:
+        argv_config += ["--work-dir", args.work_dir]
     for item in args.set:
         argv_config += ["--set", item]
-    cli_args = build_parser().parse_args(["study", *argv_config])
+    # the gathering run names every arm and rendering; each job only its own (never via --set)
+    chosen = [
+        f"--{k}={v}"
+        for k, v in (("arms", args.arms), ("renderings", args.renderings), ("out", args.out))
+        if v
+    ]
+    cli_args = build_parser().parse_args(["study", *argv_config, *chosen])
     config = build_config(cli_args)
     if not Path(config.store).exists():
         raise SystemExit(f"store {config.store} does not exist (fmrilm data abide ...)")
+    if not args.work_dir:  # jobs write elsewhere than --out: pin their arm files' folder
+        argv_config += ["--work-dir", str(config.work_path)]
     t0 = time.time()
     log_dir = config.work_path / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        jobs = list(pool.map(lambda u: _launch(u, argv_config, log_dir), job_units(config)))
+        jobs = list(
+            pool.map(lambda u: _launch(u, argv_config, args.renderings, log_dir), job_units(config))
+        )
     # every arm is cached now: this run only reads them and writes study.json and the report
     study = run_study(config, progress=False)
     study["benchmark"] = {

@@ -105,3 +105,10 @@ def test_cli_errors(tmp_path, config_file, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _main([str(config_file), "--arms", ""])
+    for twice in (
+        ["--arms", "baseline_fc", "--set", "arms=[baseline_median]"],
+        ["--steps", "3", "--set", "budget.steps=4"],
+        ["--steps", "3", "--set", "budget={steps: 4}"],
+    ):
+        assert _main([str(config_file), *twice]) == 2
+        assert "give it once" in capsys.readouterr().err

@@ -105,6 +105,13 @@ def build_config(args: argparse.Namespace):
         "work_dir": args.work_dir,
         "n_bootstrap": args.n_bootstrap,
     }
+    given = {k for k, v in simple.items() if v is not None}
+    given |= {f"budget.{k}" for k in ("steps", "max_seconds") if getattr(args, k) is not None}
+    for item in args.set:
+        key = item.partition("=")[0]
+        # an option and a --set of the same key: refuse rather than let one silently win
+        if any(key == g or key.startswith(g + ".") or g.startswith(key + ".") for g in given):
+            raise ValueError(f"--set {item!r} and an option both set {key!r}: give it once")
     data.update({k: v for k, v in simple.items() if v is not None})
     budget = dict(data.get("budget") or {})
     if args.steps is not None:
