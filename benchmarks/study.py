@@ -88,7 +88,8 @@ def summary_line(study: dict) -> str:
     return (
         f"{t} on {study['split']['scheme']} test ({study['split']['n_test_subjects']} subjects): "
         + "; ".join(parts)
-        + f"; {not_run} arms not run"
+        + f"; {not_run} arms not run; arms' wall time "
+        + f"{study['benchmark']['arms_wall_seconds_sum'] / 60:.0f} min"
     )
 
 
@@ -135,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     # every arm is cached now: this run only reads them and writes study.json and the report
     study = run_study(config, progress=False)
+    # arms finished by earlier invocations keep their own wall times: those are the record
+    arm_walls = [a.get("wall_seconds") or 0.0 for a in study["arms"].values()]
     study["benchmark"] = {
-        "jobs": jobs,
+        "jobs_this_invocation": jobs,
+        "wall_seconds_this_invocation": time.time() - t0,
+        "arms_wall_seconds_sum": float(sum(arm_walls)),
         "parallel": args.parallel,
-        "wall_seconds": time.time() - t0,
         "threads_per_job": 1,
     }
     print(format_results(study))
