@@ -716,13 +716,15 @@ class ConnectivityBaseline(LinearHead):
         calibrate: bool = True,
     ):
         self.kind = kind
-        self.model = model
-        self.alphas = alphas
-        self.Cs = Cs
-        self.cv = cv
-        self.max_iter = max_iter
-        self.random_state = random_state
-        self.calibrate = calibrate
+        super().__init__(
+            model,
+            alphas=alphas,
+            Cs=Cs,
+            cv=cv,
+            max_iter=max_iter,
+            random_state=random_state,
+            calibrate=calibrate,
+        )
 
     def _check_params(self) -> None:
         if self.kind not in ("correlation", "tangent"):

@@ -670,13 +670,12 @@ def _featurizer(kind: str, rendering: str | None, ctx: _Context, bar) -> Callabl
     return featurize
 
 
-def _arm_prefix(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
-    """Image-encoder and fMRI-encoder arms: frozen encoder -> projector prefix -> LM + LoRA."""
-    from fmrilm.study.prefix import PrefixLM, train_prefix_lm, trainable_parameters
+def _featurized_windows(ctx: _Context, featurize: Callable, budget: ArmBudget) -> dict[str, Any]:
+    """Features of the training windows that have a target and of every test window.
 
-    budget = ctx.config.budget_for(spec.kind)
-    featurize = _featurizer(spec.kind, spec.rendering, ctx, bar)
-    lm, tok = ctx.lm_factory()
+    Returns ``f_train``, ``train_rows`` (store row per training window), ``answers`` (their
+    answer texts, ``" 24"``), ``f_test``, ``test_rows`` and ``feature_seconds``.
+    """
     train_w, train_rows = _windows(ctx, "train", budget.max_train_windows)
     keep, answers = _training_targets(ctx, train_rows)
     train_w = [w for w, k in zip(train_w, keep, strict=True) if k]
@@ -686,9 +685,26 @@ def _arm_prefix(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
     if not test_w:
         raise ArmNotRunnable("no test scan is long enough for one window")
     t0 = time.perf_counter()
-    f_train = featurize(train_w)
-    f_test = featurize(test_w)
-    feature_seconds = time.perf_counter() - t0
+    f_train, f_test = featurize(train_w), featurize(test_w)
+    return {
+        "f_train": f_train,
+        "train_rows": train_rows[keep],
+        "answers": answers,
+        "f_test": f_test,
+        "test_rows": test_rows,
+        "feature_seconds": time.perf_counter() - t0,
+    }
+
+
+def _arm_prefix(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
+    """Image-encoder and fMRI-encoder arms: frozen encoder -> projector prefix -> LM + LoRA."""
+    from fmrilm.study.prefix import PrefixLM, train_prefix_lm, trainable_parameters
+
+    budget = ctx.config.budget_for(spec.kind)
+    featurize = _featurizer(spec.kind, spec.rendering, ctx, bar)
+    lm, tok = ctx.lm_factory()
+    data = _featurized_windows(ctx, featurize, budget)
+    f_train, f_test, answers = data["f_train"], data["f_test"], data["answers"]
     model = PrefixLM(lm, tok, f_train.shape[1], n_prefix=ctx.config.n_prefix, lora=ctx.config.lora)
     bar.reset(total=budget.steps)
     hist = train_prefix_lm(
@@ -713,18 +729,18 @@ def _arm_prefix(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
     out["probs"] = np.concatenate(out["probs"])
     if out["expected"]:
         out["expected"] = np.concatenate(out["expected"])
-    scans, pred = _scan_predictions(ctx, test_rows, out)
+    scans, pred = _scan_predictions(ctx, data["test_rows"], out)
     return {
         **_evaluate(ctx, scans, pred),
         "parse_failures": out["parse_failures"],
         "trainable_params": trainable_parameters(model),
         "train_seconds": hist["seconds"],
-        "feature_seconds": feature_seconds,
+        "feature_seconds": data["feature_seconds"],
         "train_steps": hist["steps"],
         "stopped_by_budget": hist["stopped_by_budget"],
         "final_loss": float(np.mean(hist["losses"][-10:])),
-        "n_train_windows": len(train_w),
-        "n_test_windows": len(test_w),
+        "n_train_windows": len(f_train),
+        "n_test_windows": len(f_test),
     }
 
 
@@ -740,27 +756,14 @@ def _arm_probe(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
     if encoder not in _ENCODER_KINDS:
         raise ValueError(f"linear_probe needs an encoder in {_ENCODER_KINDS}, got {encoder!r}")
     budget = ctx.config.budget_for(encoder)
-    featurize = _featurizer(encoder, spec.rendering, ctx, bar)
-    train_w, train_rows = _windows(ctx, "train", budget.max_train_windows)
-    keep = np.array([not _missing(v) for v in ctx.values[train_rows]], dtype=bool)
-    if ctx.kind != "regression":
-        keep &= np.array([_answer_index(ctx.task, v) >= 0 for v in ctx.values[train_rows]])
-    train_w = [w for w, k in zip(train_w, keep, strict=True) if k]
-    train_rows = train_rows[keep]
-    if not train_w:
-        raise ArmNotRunnable("no training window has a target value")
-    test_w, test_rows = _windows(ctx, "test", budget.max_eval_windows)
-    if not test_w:
-        raise ArmNotRunnable("no test scan is long enough for one window")
-    t0 = time.perf_counter()
-    f_train = np.asarray(featurize(train_w), dtype=np.float64)
-    f_test = np.asarray(featurize(test_w), dtype=np.float64)
-    feature_seconds = time.perf_counter() - t0
-    values = ctx.values[train_rows]
+    data = _featurized_windows(ctx, _featurizer(encoder, spec.rendering, ctx, bar), budget)
+    f_train = np.asarray(data["f_train"], dtype=np.float64)
+    f_test = np.asarray(data["f_test"], dtype=np.float64)
+    train_rows = data["train_rows"]
     if ctx.kind == "regression":
-        y = values.astype(float)
+        y = ctx.values[train_rows].astype(float)
     else:
-        y = np.asarray([ctx.task.answers[_answer_index(ctx.task, v)] for v in values])
+        y = np.asarray([a.strip() for a in data["answers"]])
     groups = ctx.table["subject_id"].astype(str).to_numpy()[train_rows]
     t0 = time.perf_counter()
     head = LinearHead(
@@ -781,7 +784,7 @@ def _arm_probe(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
                 axis=1,
             )
         }
-    scans, pred = _scan_predictions(ctx, test_rows, out)
+    scans, pred = _scan_predictions(ctx, data["test_rows"], out)
     bar.update(1)
     penalty = {"alpha": head.alpha_} if ctx.kind == "regression" else {"C": head.C_}
     return {
@@ -789,11 +792,11 @@ def _arm_probe(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
         "parse_failures": 0,
         "trainable_params": int(f_train.shape[1] + 1),
         "train_seconds": train_seconds,
-        "feature_seconds": feature_seconds,
+        "feature_seconds": data["feature_seconds"],
         "penalty": penalty,
         "penalty_at_grid_edge": bool(head.at_grid_edge_),
-        "n_train_windows": len(train_w),
-        "n_test_windows": len(test_w),
+        "n_train_windows": len(f_train),
+        "n_test_windows": len(f_test),
     }
 
 
