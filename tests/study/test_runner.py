@@ -311,3 +311,18 @@ def test_linear_probes_read_every_encoders_features(tmp_path, sample_store, tiny
     assert study["arms"]["linear_probe:fmri_encoder"]["trainable_params"] == (
         sample_store.n_rois * 4 + 1
     )
+
+
+def test_a_tokenizer_fitted_on_another_scheme_is_not_run(tmp_path, sample_store, tiny_assets):
+    from fmrilm.tokenizer import FMRITokenizer
+
+    tok = FMRITokenizer.from_pretrained(tiny_assets["tokenizer"])
+    r = sample_store.n_rois
+    tok.scaler_stats = {"scheme": "heldout_sites", "median": [0.0] * r, "iqr": [1.0] * r}
+    tok.save_pretrained(tmp_path / "tok_heldout")
+    config = _config(
+        tmp_path, sample_store, arms=["fmri_encoder"], fmri_tokenizer=str(tmp_path / "tok_heldout")
+    )
+    arm = run_study(config, progress=False, report=False)["arms"]["fmri_encoder"]
+    assert arm["status"] == "not run"
+    assert "fitted on split scheme 'heldout_sites'" in arm["reason"]

@@ -646,6 +646,17 @@ def _renderer(ctx: _Context, rendering: str):
     return r
 
 
+def _check_fitted_scheme(fmri_tokenizer, scheme: str, what: str) -> None:
+    """Refuse a model fitted on another split scheme: its training split may hold our test."""
+    fitted_on = (getattr(fmri_tokenizer, "scaler_stats", None) or {}).get("scheme")
+    if fitted_on is not None and fitted_on != scheme:
+        raise ArmNotRunnable(
+            f"{what} was fitted on split scheme {fitted_on!r}, the study uses {scheme!r}: its "
+            "training split may hold this scheme's test subjects; give one fitted on "
+            f"{scheme!r}"
+        )
+
+
 def _featurizer(kind: str, rendering: str | None, ctx: _Context, bar) -> Callable:
     """``windows -> (N, F)`` pooled features of a frozen encoder (an image or the fMRI encoder)."""
     if kind in _FMRI_KINDS:
@@ -662,6 +673,9 @@ def _featurizer(kind: str, rendering: str | None, ctx: _Context, bar) -> Callabl
                 f"fMRI tokenizer folder {ctx.config.fmri_tokenizer} does not exist"
             )
         encoder = FMRITokenizer.from_pretrained(ctx.config.fmri_tokenizer).eval()
+        _check_fitted_scheme(
+            encoder, ctx.config.scheme, f"fMRI tokenizer {ctx.config.fmri_tokenizer}"
+        )
         quantized = kind == "fmri_codes"
         featurize = lambda w: _features_fmri(ctx, w, encoder, quantized)  # noqa: E731
     else:
@@ -854,6 +868,7 @@ def _arm_shared_vocab(spec: ArmSpec, ctx: _Context, bar) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - absent or broken LM stage
         raise ArmNotRunnable(f"the LM stage (fmrilm.lm) is not available: {err}") from None
     model = FMRILanguageModel.from_pretrained(folder)
+    _check_fitted_scheme(model.fmri_tokenizer, ctx.config.scheme, f"shared-vocabulary LM {folder}")
     task = model.task(ctx.config.task)
     ctx = dataclasses.replace(ctx, task=task)
     res = predict_store(model, ctx.store, scheme=ctx.config.scheme, split="test", tasks=[task.name])
