@@ -7,9 +7,14 @@ Separates "the tokens carry no signal" from "the LM did not learn to read them".
 of the scheme with at least one window, the codes of all its windows (stride 80) become features
 two ways: a normalised histogram over the codebook (which codes, wherever they sit), and each
 ROI's code vector averaged over patches and windows (which code at which ROI, as the LM's token
-positions show it); each for all 200 ROIs and for the 16 ROIs the compact LM layout reads. Ridge (age) and logistic regression (sex, diagnosis), regularisation by
-cross-validation on the training split only, are scored on the test split with the same metrics
-and bootstrap CIs as the LM (``fmrilm.evaluation.metrics``).
+positions show it); each for all 200 ROIs and for the 16 ROIs the compact LM layout reads. With
+``--lm`` (default ``smollm2``) also each ROI's mean *row* in the LM's embedding space, as the
+shared vocabulary's two initialisations write the rows (``codebook``: the tokenizer's alignment
+projector; ``subspace``: the codebook written in the text rows' principal subspace). Ridge (age)
+and logistic regression (sex, diagnosis), regularisation by cross-validation on the training
+split only (ridge penalties 0.1 to 1e7: the LM rows give 115,200 features per scan), are scored
+on the test split with the same metrics and bootstrap CIs as the LM
+(``fmrilm.evaluation.metrics``).
 
 Writes ``benchmarks/results/code_probe.json`` and one line in ``docs/benchmarks.md``.
 """
@@ -34,20 +39,23 @@ def histograms(codes: np.ndarray, scans: np.ndarray, rows: np.ndarray, rois, k: 
     return out / np.maximum(out.sum(1, keepdims=True), 1.0)
 
 
-def roi_code_vectors(tok, codes: np.ndarray, scans: np.ndarray, rows: np.ndarray, rois):
+def roi_code_vectors(table, codes: np.ndarray, scans: np.ndarray, rows: np.ndarray, rois):
     """Per scan, each ROI's code vector averaged over patches and windows: (n, len(rois) * d).
 
-    Keeps which ROI a code sits at, as the LM's token positions do, unlike a histogram."""
+    ``table`` (K, d) holds one vector per code: the tokenizer's codebook, or the LM's embedding
+    rows of the code tokens. Keeps which ROI a code sits at, as the LM's token positions do,
+    unlike a histogram."""
     import torch
 
     pos = {int(r): i for i, r in enumerate(rows)}
-    d = tok.config.code_dim
+    table = torch.as_tensor(table, dtype=torch.float32)
+    d = table.shape[1]
     out = np.zeros((len(rows), len(rois), d))
     counts = np.zeros(len(rows))
     with torch.no_grad():
         for s in range(0, len(codes), 64):
             c = torch.from_numpy(codes[s : s + 64][:, rois, :].astype(np.int64))
-            v = tok.code_vectors(c).mean(2).numpy()  # (b, rois, d)
+            v = table[c].mean(2).numpy()  # (b, rois, d)
             for vi, sc in zip(v, scans[s : s + 64], strict=True):
                 out[pos[int(sc)]] += vi
                 counts[pos[int(sc)]] += 1
@@ -64,7 +72,7 @@ def probe(xtr, xte, table, train_rows, test_rows, n_bootstrap: int) -> dict:
     res = {}
     age_tr = table.loc[train_rows, "age"].to_numpy(float)
     age_te = table.loc[test_rows, "age"].to_numpy(float)
-    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
+    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 7, 17)))
     ridge.fit(xtr, age_tr)
     m = regression_metrics(age_te, ridge.predict(xte), n_bootstrap=n_bootstrap)
     res["age"] = {k: m["metrics"][k] for k in ("mae", "pearson_r", "r2", "predicted_std_ratio")}
@@ -90,7 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", type=Path, default=Path("/tmp/fmrilm_abide_store"))
     ap.add_argument("--scheme", default="site_stratified")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument(
+        "--lm",
+        default="smollm2",
+        help="also probe the code tokens' rows in this LM's embedding space, as each vocabulary "
+        "initialisation writes them (codebook, subspace); 'none' to skip",
+    )
     args = ap.parse_args(argv)
+
+    import torch
 
     from fmrilm.data import open_store
     from fmrilm.lm.layouts import TokenLayout
@@ -108,11 +124,30 @@ def main(argv: list[str] | None = None) -> int:
     }
     compact = TokenLayout("compact", cfg.n_rois, cfg.n_patches).roi_index
     results = {}
+    all_rois = np.arange(cfg.n_rois)
+    tables = {"roi_code_vectors": tok.code_vectors(torch.arange(cfg.codebook_size)).detach()}
     sets = [
         (f"{kind}_{label}", kind, rois)
         for kind in ("code_histogram", "roi_code_vectors")
-        for label, rois in (("all_200_rois", np.arange(cfg.n_rois)), ("compact_16_rois", compact))
+        for label, rois in (("all_200_rois", all_rois), ("compact_16_rois", compact))
     ]
+    if args.lm != "none":
+        # the rows the shared vocabulary starts from (fmrilm.lm.vocab.extend_vocabulary)
+        from fmrilm.lm.vocab import (
+            codebook_embeddings,
+            codebook_vectors,
+            load_causal_lm,
+            subspace_rows,
+        )
+
+        lm, _ = load_causal_lm(args.lm)
+        text = lm.get_input_embeddings().weight.detach().float()
+        projected = codebook_embeddings(tok)
+        scale = text.norm(dim=1).mean() / projected.norm(dim=1).mean()
+        tables["lm_rows_init_codebook"] = projected * scale
+        tables["lm_rows_init_subspace"] = subspace_rows(codebook_vectors(tok), text)
+        del lm
+        sets += [(f"{k}_all_200_rois", k, all_rois) for k in tables if k.startswith("lm_rows")]
     for name, kind, rois in sets:
         feats = {}
         for split, e in enc.items():
@@ -120,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "code_histogram":
                 x = histograms(e["codes"], e["scan_index"], rows, rois, cfg.codebook_size)
             else:
-                x = roi_code_vectors(tok, e["codes"], e["scan_index"], rows, rois)
+                x = roi_code_vectors(tables[kind], e["codes"], e["scan_index"], rows, rois)
             feats[split] = (rows, x)
         (tr_rows, xtr), (te_rows, xte) = feats["train"], feats["test"]
         results[name] = probe(xtr, xte, table, tr_rows, te_rows, args.bootstrap)

@@ -11,11 +11,13 @@ of its scheme, in its own process with one torch thread, ``--parallel`` at a tim
 - ``site_stratified`` and ``heldout_sites``: the configuration of ``--config`` trained on each
   scheme's training split with that scheme's tokenizer (a tokenizer fitted on one scheme is
   refused for the other), evaluated beside every clinical baseline;
-- ablations on ``site_stratified``, same budget: ``init_random`` (new token rows from random
-  directions instead of the projected codebook), ``layout_32rois_stride2`` (32 ROIs x 4 patches,
-  162 tokens, instead of 16 ROIs x 8 patches, 146 tokens) and ``layout_time_major_200rois_1patch``
-  (all 200 ROIs, the first 20-point patch, 203 tokens), evaluated beside the trivial and
-  site-only baselines.
+- ablations on ``site_stratified`` (:data:`ABLATIONS`, or the ones named with ``--ablations``),
+  evaluated beside the trivial and site-only baselines: ``summary_init_random`` (the fMRI rows
+  from random directions instead of the projected codebook) and the token-sequence layouts, where
+  the LM reads the codes themselves: ``compact_16rois`` (16 ROIs x 8 patches, 146 tokens), with
+  random rows, ``compact_32rois_stride2`` (32 ROIs x 4 patches, 162 tokens) and
+  ``time_major_200rois_1patch`` (all 200 ROIs, the first 20-point patch, 203 tokens). Each
+  ablation records its own number of training steps (``train_steps``).
 
 A job whose ``results.json`` exists is not run again (so the benchmark resumes). Writes
 ``benchmarks/results/lm.json`` (the keys of ``fmrilm.lm.evaluation.summarize_runs`` plus the wall
@@ -37,10 +39,38 @@ from pathlib import Path
 from benchmarks.common import REPO, RESULTS, write_result
 
 ABLATIONS = {
-    "init_random": {"model": {"init": "random"}},
-    "layout_32rois_stride2": {"model": {"compact_rois": 32, "patch_stride": 2}},
-    # all 200 ROIs, first time patch only: 203 tokens (the code probe finds age in all ROIs)
-    "layout_time_major_200rois_1patch": {"model": {"layout": "time_major", "patch_stride": 8}},
+    # the summary layout, rows from the tokenizer's alignment projector, 2 questions per window
+    "summary_init_codebook_2_questions": {
+        "model": {"init": "codebook", "questions_per_example": 2}
+    },
+    # the summary layout with the fMRI rows from random directions
+    "summary_init_random": {"model": {"init": "random"}},
+    # token-sequence layouts (the LM reads the codes as tokens, no summary), as first measured:
+    # rows from the alignment projector, 2 questions per window (150 steps at lr 2e-3)
+    "compact_16rois": {
+        "model": {"layout": "compact", "init": "codebook", "questions_per_example": 2}
+    },
+    "compact_16rois_init_random": {
+        "model": {"layout": "compact", "init": "random", "questions_per_example": 2}
+    },
+    "compact_32rois_stride2": {
+        "model": {
+            "layout": "compact",
+            "init": "codebook",
+            "questions_per_example": 2,
+            "compact_rois": 32,
+            "patch_stride": 2,
+        }
+    },
+    # all 200 ROIs, first time patch only: 203 tokens
+    "time_major_200rois_1patch": {
+        "model": {
+            "layout": "time_major",
+            "init": "codebook",
+            "questions_per_example": 2,
+            "patch_stride": 8,
+        }
+    },
 }
 SIMPLE_BASELINES = ["trivial", "site"]
 
@@ -72,7 +102,11 @@ def jobs(args) -> list[dict]:
             raise SystemExit(f"--tokenizer {scheme}=FOLDER is required")
         out.append(spec(scheme, scheme, {}, None))
     if not args.no_ablations:
-        for name, override in ABLATIONS.items():
+        names = args.ablations or list(ABLATIONS)
+        unknown = sorted(set(names) - set(ABLATIONS))
+        if unknown:
+            raise SystemExit(f"unknown ablations {unknown}; known: {sorted(ABLATIONS)}")
+        for name, override in ((n, ABLATIONS[n]) for n in names):
             out.append(spec(name, "site_stratified", override, SIMPLE_BASELINES))
     return out
 
@@ -145,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ablations", action="store_true")
+    ap.add_argument(
+        "--ablations",
+        type=lambda v: [x for x in v.split(",") if x],
+        default=None,
+        help="comma-separated subset of the ablations (default: all)",
+    )
     args = ap.parse_args(argv)
     if args.job is not None:
         print(json.dumps(run_job(json.loads(args.job.read_text()))))

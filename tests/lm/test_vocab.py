@@ -115,3 +115,51 @@ def test_full_finetune_trains_everything(tiny_lm_dir, fake_tokenizer):
     m = FMRILanguageModel.build(_config(tiny_lm_dir, finetune="full"), fake_tokenizer)
     n = m.n_parameters()
     assert n["trainable"] == n["total"]
+
+
+def test_subspace_rows_are_a_linear_injective_map_into_the_text_subspace():
+    from fmrilm.lm.vocab import subspace_rows
+
+    g = torch.Generator().manual_seed(0)
+    # text rows with a clear 5-direction principal subspace plus small noise, away from 0
+    axes = torch.linalg.qr(torch.randn(40, 5, generator=g))[0].T  # (5, 40) orthonormal
+    text = 3.0 + (torch.randn(500, 5, generator=g) * torch.tensor([5.0, 4, 3, 2, 1])) @ axes
+    text = text + 0.01 * torch.randn(500, 40, generator=g)
+    codes = torch.randn(64, 3, generator=g) @ torch.randn(3, 3, generator=g)  # (K, d_code=3)
+    rows = subspace_rows(codes, text)
+    assert rows.shape == (64, 40)
+    # the rows' mean is the text mean, and they lie in the text's top-3 principal subspace
+    assert torch.allclose(rows.mean(0), text.mean(0), atol=1e-4)
+    centred = rows - text.mean(0)
+    top3 = torch.linalg.svd(text - text.mean(0), full_matrices=False)[2][:3]
+    assert torch.allclose(centred @ top3.T @ top3, centred, atol=1e-4)
+    # spread: the text's standard deviations along those axes (5, 4, 3), not the codebook's
+    sd = (centred @ top3.T).std(0)
+    assert torch.allclose(sd, torch.tensor([5.0, 4.0, 3.0]), rtol=0.1)
+    # linear and injective: the centred codebook is recovered exactly from the rows
+    c = codes - codes.mean(0)
+    fit = torch.linalg.lstsq(centred.double(), c.double()).solution
+    assert torch.allclose((centred.double() @ fit).float(), c, atol=1e-4)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        subspace_rows(codes[:1], text)
+
+
+def test_subspace_init_builds_from_a_real_tokenizers_code_space(tiny_lm_dir, fmri_tokenizer_dir):
+    from fmrilm.lm.vocab import codebook_vectors, subspace_rows
+    from fmrilm.tokenizer import FMRITokenizer
+
+    tok_model = FMRITokenizer.from_pretrained(fmri_tokenizer_dir)
+    cv = codebook_vectors(tok_model)
+    assert cv.shape == (16, 8)  # the code space (code_dim 8), not the LM space (32)
+    base, base_tok = _load(tiny_lm_dir)
+    text = base.get_input_embeddings().weight.detach().float().clone()
+    cfg = LMConfig(
+        base_model=str(tiny_lm_dir), codebook_size=16, n_rois=200, n_patches=8,
+        layout="compact", init="subspace", lora_r=2,
+    )  # fmt: skip
+    m = FMRILanguageModel.build(cfg, tok_model, lm=base, tokenizer=base_tok)
+    with torch.no_grad():
+        rows = m.lm.get_input_embeddings()(m.vocab.code_ids)
+    assert torch.allclose(rows, subspace_rows(cv, text), atol=1e-5)
+    with pytest.raises(ValueError, match="init must be"):
+        LMConfig(init="projected").validate()

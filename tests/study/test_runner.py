@@ -325,4 +325,4 @@ def test_a_tokenizer_fitted_on_another_scheme_is_not_run(tmp_path, sample_store,
     )
     arm = run_study(config, progress=False, report=False)["arms"]["fmri_encoder"]
     assert arm["status"] == "not run"
-    assert "fitted on split scheme 'heldout_sites'" in arm["reason"]
+    assert "trained on split scheme 'heldout_sites'" in arm["reason"]

@@ -21,6 +21,7 @@ from fmrilm.cli import csv_list
 __all__ = ["add_parser", "read_scan", "run_train", "run_evaluate", "run_predict", "run_summarize"]
 
 
+LAYOUT_CHOICES = ("roi_major", "time_major", "compact", "summary")
 _THREADS_HELP = (
     "torch CPU threads (default: torch's choice; 1 is ~10x faster than 2 when other jobs "
     "share a 2-core machine)"
@@ -52,8 +53,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--base-model", default=None, help="hub id, folder, .gguf or 'smollm2'")
     t.add_argument("--gguf-file", default=None, help="GGUF file inside --base-model")
     t.add_argument("--targets", type=csv_list, default=None, help="comma-separated targets")
-    t.add_argument("--layout", choices=("roi_major", "time_major", "compact"), default=None)
-    t.add_argument("--init", choices=("codebook", "random"), default=None)
+    # the CLI imports no stage at start-up (torch and transformers take seconds): a test pins this
+    # list to fmrilm.lm.LAYOUTS
+    t.add_argument("--layout", choices=LAYOUT_CHOICES, default=None)
+    t.add_argument("--init", choices=("codebook", "subspace", "random"), default=None)
     t.add_argument("--finetune", choices=("lora", "full"), default=None)
     t.add_argument("--lora-r", type=int, default=None)
     t.add_argument("--max-steps", type=int, default=None)

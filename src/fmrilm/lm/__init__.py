@@ -11,6 +11,7 @@ from fmrilm.lm.vocab import (
     FMRIVocabulary,
     code_token,
     codebook_embeddings,
+    codebook_vectors,
     extend_vocabulary,
     load_causal_lm,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "build_tasks",
     "code_token",
     "codebook_embeddings",
+    "codebook_vectors",
     "compute_budget",
     "extend_vocabulary",
     "load_causal_lm",

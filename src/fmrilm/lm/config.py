@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fmrilm.lm.layouts import LAYOUTS
+
 __all__ = ["LMConfig", "load_config_file"]
 
 
@@ -30,7 +32,8 @@ class LMConfig:
     window_length, stride : int
         Window length and stride in time points (scans longer than a window give several).
     layout : str
-        ``"roi_major"``, ``"time_major"`` or ``"compact"`` (see :mod:`fmrilm.lm.layouts`).
+        ``"roi_major"``, ``"time_major"``, ``"compact"`` or ``"summary"`` (see
+        :mod:`fmrilm.lm.layouts`).
     layout_rois : list of int or None
         ROIs kept by the layout (``None``: all for roi/time-major, ``compact_rois`` evenly spaced
         ones for compact).
@@ -38,10 +41,15 @@ class LMConfig:
         Number of evenly spaced ROIs the compact layout keeps when ``layout_rois`` is None.
     patch_stride : int
         Keep every ``patch_stride``-th time patch (1: all).
+    summary_tokens, summary_roi_dim : int
+        Summary layout: input positions per window, and the width each ROI's pooled code row is
+        reduced to (:class:`fmrilm.lm.summary.CodeSummary`).
     init : str
         Initialisation of the new token rows: ``"codebook"`` (the tokenizer's codebook projected
-        into the LM embedding space, rescaled to the mean norm of the existing rows) or
-        ``"random"`` (ablation: Gaussian directions with the same norm).
+        into the LM embedding space by its alignment projector, rescaled to the mean norm of the
+        existing rows), ``"subspace"`` (the codebook written linearly in the principal subspace of
+        the existing rows, see :func:`fmrilm.lm.vocab.subspace_rows`) or ``"random"``
+        (ablation: Gaussian directions with the same norm).
     finetune : str
         ``"lora"`` (peft LoRA + trainable new token rows) or ``"full"``.
     lora_r, lora_alpha, lora_dropout : int, float, float
@@ -70,6 +78,8 @@ class LMConfig:
     layout_rois: list[int] | None = None
     compact_rois: int = 16
     patch_stride: int = 1
+    summary_tokens: int = 4
+    summary_roi_dim: int = 32
     init: str = "codebook"
     finetune: str = "lora"
     lora_r: int = 8
@@ -84,10 +94,12 @@ class LMConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` for inconsistent values."""
-        if self.layout not in ("roi_major", "time_major", "compact"):
+        if self.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r}")
-        if self.init not in ("codebook", "random"):
-            raise ValueError(f"init must be 'codebook' or 'random', got {self.init!r}")
+        if self.summary_tokens < 1 or self.summary_roi_dim < 1:
+            raise ValueError("summary_tokens and summary_roi_dim must be >= 1")
+        if self.init not in ("codebook", "subspace", "random"):
+            raise ValueError(f"init must be 'codebook', 'subspace' or 'random', got {self.init!r}")
         if self.finetune not in ("lora", "full"):
             raise ValueError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
         if self.codebook_size < 1 or self.n_rois < 1 or self.n_patches < 1:

@@ -460,7 +460,7 @@ def summarize_runs(
     -------
     dict
         :func:`flat_summary` keys plus ``split``, ``ablations`` (each: its flat summary, layout,
-        init and train seconds), ``train_seconds`` (sum over the main runs), ``commit``,
+        init, train seconds and steps), ``train_seconds`` (sum over the main runs), ``commit``,
         ``date``, ``machine``.
     """
 
@@ -482,6 +482,7 @@ def summarize_runs(
             "layout": (r.get("model") or {}).get("layout"),
             "init": (r.get("model") or {}).get("init"),
             "train_seconds": seconds(r),
+            "train_steps": (r.get("train_summary") or {}).get("global_step"),
             **flat_summary({"site_stratified": r}),
         }
         for name, r in (ablations or {}).items()

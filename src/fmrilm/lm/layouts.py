@@ -13,6 +13,11 @@ Every layout wraps the window in ``<fmri> ... </fmri>``:
     user), and optionally every ``patch_stride``-th patch: ``R' * (P' + 1) + 2`` tokens (146 for
     16 x 8). The LM's cost grows with the token count (training about ``6 N`` FLOPs per token for
     an ``N``-parameter LM, plus attention), so this is the layout a 2-core CPU can afford.
+``summary``
+    ``<fmri> s_1 .. s_S </fmri>``: ``S`` summary positions (``summary_tokens``, default 4) whose
+    input vectors the model computes from *all* the window's code tokens, pooled per ROI
+    (:class:`fmrilm.lm.summary.CodeSummary`); in ``input_ids`` they hold the ``<fmri_roi>`` id
+    as a placeholder. ``S + 2`` tokens per window whatever the number of ROIs and patches.
 
 Any layout accepts ``rois`` and ``patch_stride``; ``compact`` only changes the default ROI set.
 """
@@ -26,7 +31,7 @@ import torch
 
 __all__ = ["TokenLayout", "LAYOUTS", "compute_budget"]
 
-LAYOUTS = ("roi_major", "time_major", "compact")
+LAYOUTS = ("roi_major", "time_major", "compact", "summary")
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ class TokenLayout:
 
     Parameters
     ----------
-    kind : {"roi_major", "time_major", "compact"}
+    kind : {"roi_major", "time_major", "compact", "summary"}
     n_rois, n_patches : int
         Shape of the codes the layout reads.
     rois : tuple of int or None
@@ -44,6 +49,8 @@ class TokenLayout:
         Keep patches ``0, s, 2s, ...``.
     compact_rois : int
         ROIs kept by the compact layout when ``rois`` is None.
+    summary_tokens : int
+        Summary positions of the summary layout.
     """
 
     kind: str
@@ -52,6 +59,7 @@ class TokenLayout:
     rois: tuple[int, ...] | None = None
     patch_stride: int = 1
     compact_rois: int = 16
+    summary_tokens: int = 4
 
     def __post_init__(self) -> None:
         if self.kind not in LAYOUTS:
@@ -63,6 +71,10 @@ class TokenLayout:
             object.__setattr__(self, "rois", rois)
         if self.patch_stride < 1:
             raise ValueError("patch_stride must be >= 1")
+        if self.summary_tokens < 1:
+            raise ValueError("summary_tokens must be >= 1")
+        if self.kind == "summary" and (self.rois is not None or self.patch_stride != 1):
+            raise ValueError("the summary layout reads every ROI and patch: drop rois/patch_stride")
 
     # ---------------------------------------------------------------- what is kept
     @property
@@ -84,6 +96,8 @@ class TokenLayout:
     def n_tokens(self) -> int:
         """Tokens per window, delimiters included."""
         r, p = len(self.roi_index), len(self.patch_index)
+        if self.kind == "summary":
+            return self.summary_tokens + 2
         if self.kind == "time_major":
             return p * (r + 1) + 2
         return r * (p + 1) + 2
@@ -114,6 +128,12 @@ class TokenLayout:
         codes = codes.long()
         if codes.numel() and (codes.min() < 0 or codes.max() >= len(vocab.code_ids)):
             raise ValueError(f"codes outside [0, {len(vocab.code_ids)})")
+        if self.kind == "summary":  # placeholders: the model writes their input vectors
+            b = codes.shape[0]
+            ids = torch.full((b, self.n_tokens), vocab.roi_sep_id, dtype=torch.long)
+            ids[:, 0], ids[:, -1] = vocab.open_id, vocab.close_id
+            ids = ids.to(codes.device)
+            return ids[0] if squeeze else ids
         ri = torch.as_tensor(self.roi_index, device=codes.device)
         pi = torch.as_tensor(self.patch_index, device=codes.device)
         c = codes.index_select(1, ri).index_select(2, pi)  # (B, R', P')
@@ -132,12 +152,15 @@ class TokenLayout:
 
     def describe(self) -> dict:
         """JSON-ready summary: kind, ROIs and patches kept, tokens per window."""
-        return {
+        out = {
             "kind": self.kind,
             "n_rois_kept": int(len(self.roi_index)),
             "n_patches_kept": int(len(self.patch_index)),
             "tokens_per_window": self.n_tokens,
         }
+        if self.kind == "summary":
+            out["summary_tokens"] = self.summary_tokens
+        return out
 
 
 def compute_budget(

@@ -8,7 +8,9 @@ Read top to bottom:
    wrap it in LoRA (``peft``; the new token rows trainable through ``trainable_token_indices``,
    every old row frozen) or leave every weight trainable (full fine-tuning).
 2. **Sequences** (:meth:`~FMRILanguageModel.example`): ``[bos] <fmri> ... </fmri>`` (the window's
-   codes in the chosen layout) then, for each question, ``"\\nQuestion: ...\\nAnswer:"`` and the
+   codes in the chosen layout; the ``summary`` layout's positions get their input vectors from
+   :class:`~fmrilm.lm.summary.CodeSummary`, which pools every code token's embedding row per
+   ROI) then, for each question, ``"\\nQuestion: ...\\nAnswer:"`` and the
    answer ``" text" <eos>``. Labels are -100 everywhere except the answer tokens and their eos,
    so the loss is on answers only.
 3. **Scoring** (:meth:`~FMRILanguageModel.score`): the log-likelihood of every allowed answer
@@ -32,10 +34,12 @@ from torch import nn
 
 from fmrilm.lm.config import LMConfig
 from fmrilm.lm.layouts import TokenLayout
+from fmrilm.lm.summary import CodeSummary
 from fmrilm.lm.tasks import TaskSpec
 from fmrilm.lm.vocab import (
     FMRIVocabulary,
     codebook_embeddings,
+    codebook_vectors,
     extend_vocabulary,
     load_causal_lm,
 )
@@ -80,7 +84,16 @@ class FMRILanguageModel(nn.Module):
             rois=tuple(config.layout_rois) if config.layout_rois else None,
             patch_stride=config.patch_stride,
             compact_rois=config.compact_rois,
+            summary_tokens=config.summary_tokens,
         )
+        self.summary: CodeSummary | None = None
+        if config.layout == "summary":
+            width = int(self.base_model.get_input_embeddings().weight.shape[1])
+            with torch.random.fork_rng(devices=[]):  # the same seed, the same initial summary
+                torch.manual_seed(config.seed)
+                self.summary = CodeSummary(
+                    config.n_rois, width, config.summary_tokens, config.summary_roi_dim
+                )
         self.tasks = [TaskSpec.from_dict(t) for t in config.tasks]
         self._text_cache: dict[Any, Any] = {}  # text ids and answer tries
 
@@ -105,16 +118,20 @@ class FMRILanguageModel(nn.Module):
             :func:`fmrilm.lm.vocab.codebook_embeddings`) and of ``encode``.
         lm, tokenizer : optional
             An already loaded base LM and tokenizer (default: ``config.base_model``).
-        code_vectors : Tensor of shape (K, d_lm), optional
-            Codebook vectors in the LM space (overrides ``fmri_tokenizer``'s).
+        code_vectors : Tensor, optional
+            The codebook (overrides ``fmri_tokenizer``'s): ``(K, d_lm)`` in the LM space for
+            ``init="codebook"``, ``(K, d_code)`` in the code space for ``init="subspace"``.
         """
         config.validate()
         if lm is None or tokenizer is None:
             lm, tokenizer = load_causal_lm(config.base_model, config.gguf_file)
-        if config.init == "codebook" and code_vectors is None:
+        if config.init != "random" and code_vectors is None:
             if fmri_tokenizer is None:
-                raise ValueError("init='codebook' needs an fMRI tokenizer (or code_vectors)")
-            code_vectors = codebook_embeddings(fmri_tokenizer)
+                raise ValueError(f"init={config.init!r} needs an fMRI tokenizer (or code_vectors)")
+            if config.init == "subspace":
+                code_vectors = codebook_vectors(fmri_tokenizer)
+            else:
+                code_vectors = codebook_embeddings(fmri_tokenizer)
         vocab = extend_vocabulary(
             lm,
             tokenizer,
@@ -153,10 +170,14 @@ class FMRILanguageModel(nn.Module):
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        return {n: p for n, p in self.lm.named_parameters() if p.requires_grad}
+        """Trainable weights by name: the LM's (LoRA + new rows, or all) and ``summary.*``."""
+        out = {n: p for n, p in self.lm.named_parameters() if p.requires_grad}
+        if self.summary is not None:
+            out.update({f"summary.{n}": p for n, p in self.summary.named_parameters()})
+        return out
 
     def n_parameters(self) -> dict[str, int]:
-        total = sum(p.numel() for p in self.lm.parameters())
+        total = sum(p.numel() for p in self.parameters())
         return {
             "total": total,
             "trainable": sum(p.numel() for p in self.trainable_parameters().values()),
@@ -221,34 +242,65 @@ class FMRILanguageModel(nn.Module):
             labels += ans
         return ids, labels
 
-    def collate(self, examples: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-        """Right-pad examples into ``input_ids``, ``attention_mask`` and ``labels``."""
-        n = max(len(ids) for ids, _ in examples)
+    def collate(self, examples: list[tuple]) -> dict[str, torch.Tensor]:
+        """Right-pad examples into ``input_ids``, ``attention_mask`` and ``labels``.
+
+        Examples are ``(input_ids, labels)`` or ``(input_ids, labels, codes)``; the codes (each
+        ``(R, P)``) are stacked into ``codes``, which the summary layout needs.
+        """
+        n = max(len(e[0]) for e in examples)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._eos
         input_ids = torch.full((len(examples), n), int(pad), dtype=torch.long)
         labels = torch.full((len(examples), n), -100, dtype=torch.long)
         mask = torch.zeros((len(examples), n), dtype=torch.long)
-        for i, (ids, lab) in enumerate(examples):
+        for i, (ids, lab, *_) in enumerate(examples):
             input_ids[i, : len(ids)] = torch.tensor(ids)
             labels[i, : len(lab)] = torch.tensor(lab)
             mask[i, : len(ids)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        if all(len(e) > 2 for e in examples):
+            batch["codes"] = torch.stack([torch.as_tensor(e[2]) for e in examples])
+        return batch
 
-    def forward(self, input_ids, attention_mask=None, labels=None):
+    def lm_inputs(self, input_ids: torch.Tensor, codes: torch.Tensor | None = None) -> dict:
+        """What the LM reads: ``input_ids``, or ``inputs_embeds`` with the summary written in.
+
+        Parameters
+        ----------
+        input_ids : LongTensor of shape (B, T)
+        codes : LongTensor of shape (B, R, P), optional
+            The windows' codes; required by the summary layout, ignored by the others.
+        """
+        if self.summary is None:
+            return {"input_ids": input_ids}
+        if codes is None:
+            raise ValueError("the summary layout needs the windows' codes (codes=...)")
+        slots = input_ids == self.vocab.roi_sep_id
+        n = self.layout.summary_tokens
+        if not bool((slots.sum(1) == n).all()):
+            raise ValueError(f"each sequence must hold exactly {n} summary positions")
+        embed = self.lm.get_input_embeddings()
+        code_ids = self.vocab.code_ids.to(codes.device)[codes.long()]
+        summary = self.summary(embed(code_ids.to(input_ids.device)))  # (B, n, D)
+        inputs = embed(input_ids)
+        return {"inputs_embeds": inputs.masked_scatter(slots[..., None], summary.to(inputs.dtype))}
+
+    def forward(self, input_ids, attention_mask=None, labels=None, codes=None):
         """Loss on the answer tokens (``labels`` != -100), or the LM output without labels.
 
         The output head (``d x vocabulary``, a fifth of SmolLM2's forward cost) runs only at the
         positions that predict an answer token (``logits_to_keep``), when the model supports it.
         Returns an object with ``loss`` (mean cross-entropy over answer tokens) and ``logits``
-        (at the kept positions).
+        (at the kept positions). ``codes`` (B, R, P) are needed by the summary layout.
         """
+        inputs = self.lm_inputs(input_ids, codes)
         if labels is None or not self._supports("logits_to_keep"):
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+            return self.lm(**inputs, attention_mask=attention_mask, labels=labels)
         target = labels[:, 1:]
         keep = torch.nonzero((target != -100).any(0)).flatten()
         if len(keep) == 0:
             raise ValueError("no answer token in the batch (every label is -100)")
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep)
+        out = self.lm(**inputs, attention_mask=attention_mask, logits_to_keep=keep)
         logits = out.logits.float()
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), target[:, keep].reshape(-1), ignore_index=-100
@@ -431,7 +483,7 @@ class FMRILanguageModel(nn.Module):
             mask[s + lq : s + lq + n, s : s + lq] = True
             mask[s + lq : s + lq + n, s + lq : s + lq + n] = plan["ancestors"]
         out = self.lm(
-            input_ids=torch.cat(pieces, 1),
+            **self.lm_inputs(torch.cat(pieces, 1), codes),
             attention_mask=mask.to(device)[None, None].expand(b, 1, cur, cur),
             position_ids=torch.cat(pos).to(device).expand(b, cur),
             logits_to_keep=torch.tensor(keep, device=device),
@@ -461,7 +513,7 @@ class FMRILanguageModel(nn.Module):
         for j, c in enumerate(cands):
             cand[j, : len(c)] = torch.tensor(c)
             valid[j, : len(c)] = True
-        out = self.lm(input_ids=prompts, use_cache=True)
+        out = self.lm(**self.lm_inputs(prompts, codes), use_cache=True)
         cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
         scores = first[:, cand[:, 0]]  # (B, m): log p(first answer token)
@@ -557,8 +609,8 @@ class FMRILanguageModel(nn.Module):
 
         Files: ``lm_config.json`` (:class:`LMConfig`, tasks included), ``tokenizer/`` (the
         extended text tokenizer), ``trainable.safetensors`` (LoRA + new token rows) or
-        ``model/`` (full fine-tuning), and ``fmri_tokenizer/`` when the fMRI tokenizer can save
-        itself.
+        ``model/`` (full fine-tuning; the summary layout's weights then go to
+        ``summary.safetensors``), and ``fmri_tokenizer/`` when the fMRI tokenizer can save itself.
         """
         from safetensors.torch import save_file
 
@@ -571,6 +623,11 @@ class FMRILanguageModel(nn.Module):
         self.tokenizer.save_pretrained(folder / "tokenizer")
         if self.config.finetune == "full":
             self.base_model.save_pretrained(folder / "model")
+            if self.summary is not None:
+                state = {
+                    n: p.detach().contiguous().cpu() for n, p in self.summary.state_dict().items()
+                }
+                save_file(state, str(folder / "summary.safetensors"))
         else:
             state = {
                 n: p.detach().contiguous().cpu() for n, p in self.trainable_parameters().items()
@@ -615,16 +672,23 @@ class FMRILanguageModel(nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
             lm = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
             vocab = FMRIVocabulary.from_tokenizer(tokenizer, config.codebook_size)
-            return cls(config, lm, tokenizer, vocab, fmri_tokenizer)
+            model = cls(config, lm, tokenizer, vocab, fmri_tokenizer)
+            if model.summary is not None:
+                model.summary.load_state_dict(load_file(str(folder / "summary.safetensors")))
+            return model
         if base_lm is None or base_tokenizer is None:
             base_lm, base_tokenizer = load_causal_lm(config.base_model, config.gguf_file)
         # rows are overwritten by the saved trainable rows: a random init avoids the codebook
         vocab = extend_vocabulary(
             base_lm, base_tokenizer, config.codebook_size, init="random", seed=config.seed
         )
-        lm = cls._wrap(base_lm, config, vocab)
+        model = cls(
+            config, cls._wrap(base_lm, config, vocab), base_tokenizer, vocab, fmri_tokenizer
+        )
         state = load_file(str(folder / "trainable.safetensors"))
-        own = dict(lm.named_parameters())
+        own = dict(model.lm.named_parameters())
+        if model.summary is not None:
+            own.update({f"summary.{n}": p for n, p in model.summary.named_parameters()})
         missing = [k for k in state if k not in own]
         if missing:
             raise ValueError(f"{folder}: saved weights do not fit the rebuilt model: {missing[:3]}")
@@ -637,7 +701,7 @@ class FMRILanguageModel(nn.Module):
         with torch.no_grad():
             for k, v in state.items():
                 own[k].copy_(v)
-        return cls(config, lm, base_tokenizer, vocab, fmri_tokenizer)
+        return model
 
 
 def _answer_subset(task: TaskSpec) -> TaskSpec:

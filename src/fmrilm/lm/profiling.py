@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from fmrilm.lm.config import LMConfig
-from fmrilm.lm.layouts import compute_budget
+from fmrilm.lm.layouts import LAYOUTS, compute_budget
 from fmrilm.lm.model import FMRILanguageModel
 from fmrilm.lm.tasks import QUESTIONS, TaskSpec
 
@@ -59,7 +59,7 @@ def measure(
     tasks = model.tasks
     q = max(1, min(cfg.questions_per_example, len(tasks)))
     examples = [
-        model.example(codes[i], [(tasks[(i + k) % len(tasks)], 0) for k in range(q)])
+        (*model.example(codes[i], [(tasks[(i + k) % len(tasks)], 0) for k in range(q)]), codes[i])
         for i in range(batch_size)
     ]
     batch = model.collate(examples)
@@ -117,7 +117,7 @@ def measure(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base-model", default="smollm2")
-    p.add_argument("--layout", default="compact", choices=("roi_major", "time_major", "compact"))
+    p.add_argument("--layout", default="compact", choices=LAYOUTS)
     p.add_argument("--finetune", default="lora", choices=("lora", "full"))
     p.add_argument("--codebook-size", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=8)

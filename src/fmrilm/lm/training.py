@@ -64,6 +64,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "layout_rois": None,
         "compact_rois": 16,
         "patch_stride": 1,
+        "summary_tokens": 4,
+        "summary_roi_dim": 32,
         "init": "codebook",
         "finetune": "lora",
         "lora_r": 8,
@@ -241,7 +243,8 @@ class QADataset(Dataset):
         chosen = rng.permutation(avail)[: self.q]
         tasks = self.model.tasks
         qa = [(tasks[j], int(self.window_labels[w, j])) for j in chosen]
-        return self.model.example(self.codes[w], qa)
+        ids, labels = self.model.example(self.codes[w], qa)
+        return ids, labels, self.codes[w]
 
 
 # ---------------------------------------------------------------------------- module
@@ -342,19 +345,22 @@ def load_fmri_tokenizer(path: str | Path):
     return FMRITokenizer.from_pretrained(path)
 
 
-def check_tokenizer_scheme(fmri_tokenizer, scheme: str) -> None:
-    """Refuse a tokenizer whose scaler (and weights) were fitted on another split scheme.
+def check_tokenizer_scheme(
+    model, scheme: str, what: str = "the fMRI tokenizer", error: type[Exception] = ValueError
+) -> None:
+    """Refuse a model whose scaler (and weights) were fitted on another split scheme.
 
     Its training split may hold this scheme's test subjects, so every figure measured with it
-    would be optimistic.
+    would be optimistic. ``model`` is an fMRI tokenizer (``scaler_stats["scheme"]``); ``what``
+    names it in the message and ``error`` is the exception raised.
     """
-    stats = getattr(fmri_tokenizer, "scaler_stats", None) or {}
+    stats = getattr(model, "scaler_stats", None) or {}
     fitted_on = stats.get("scheme")
     if fitted_on is not None and fitted_on != scheme:
-        raise ValueError(
-            f"the fMRI tokenizer was trained on split scheme {fitted_on!r} but the LM is "
-            f"trained on {scheme!r}: train a tokenizer on {scheme!r} (its test subjects may be "
-            f"in the tokenizer's training split)"
+        raise error(
+            f"{what} was trained on split scheme {fitted_on!r}, here the scheme is {scheme!r}: "
+            f"its training split may hold this scheme's test subjects; use one trained on "
+            f"{scheme!r}"
         )
 
 
@@ -477,6 +483,8 @@ def train(
         layout_rois=mcfg["layout_rois"],
         compact_rois=int(mcfg["compact_rois"]),
         patch_stride=int(mcfg["patch_stride"]),
+        summary_tokens=int(mcfg["summary_tokens"]),
+        summary_roi_dim=int(mcfg["summary_roi_dim"]),
         init=mcfg["init"],
         finetune=mcfg["finetune"],
         lora_r=int(mcfg["lora_r"]),

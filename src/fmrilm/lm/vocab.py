@@ -9,6 +9,15 @@ initialised:
 * ``"codebook"``: row ``<fmri_k>`` = the tokenizer's codebook vector ``k`` projected into the LM's
   embedding space (the projector the tokenizer trained against the LM's embeddings), rescaled so
   that the mean row norm equals the mean norm of the existing rows;
+* ``"subspace"``: row ``<fmri_k>`` = the LM rows' mean plus the tokenizer's own codebook vector
+  ``k`` (its code space, before any projection) written in the top principal directions of the
+  LM's existing rows: the codebook's principal coordinates, whitened, take the text rows' standard
+  deviation along the text's first ``d`` principal axes (``d`` = the code width). A linear,
+  injective map: codes that are close stay close and nothing of the codebook is lost, while the
+  rows sit where text-token rows sit (same mean, same spread along the same main axes). The
+  ``"codebook"`` projector is a small MLP trained only against the domain classifier, which may
+  merge codes (on ABIDE a ridge on the projected rows loses most of the age signal of the code
+  vectors, see ``docs/lm.md``);
 * ``"random"`` (ablation): random Gaussian directions with that same norm.
 
 Delimiters always get random directions with the matched norm.
@@ -31,10 +40,13 @@ __all__ = [
     "code_token",
     "extend_vocabulary",
     "codebook_embeddings",
+    "codebook_vectors",
+    "subspace_rows",
     "load_causal_lm",
     "resolve_base_model",
 ]
 
+INITS = ("codebook", "subspace", "random")
 OPEN, CLOSE, ROI_SEP, TIME_SEP = "<fmri>", "</fmri>", "<fmri_roi>", "<fmri_t>"
 DELIMITERS = (OPEN, CLOSE, ROI_SEP, TIME_SEP)
 SMOLLM2_ALIASES = {"smollm2", "smollm2-135m-instruct", "SmolLM2-135M-Instruct"}
@@ -113,6 +125,39 @@ def codebook_embeddings(fmri_tokenizer: Any) -> torch.Tensor:
         )
 
 
+def codebook_vectors(fmri_tokenizer: Any) -> torch.Tensor:
+    """``(K, d_code)`` the tokenizer's codebook in its own code space (``code_vectors``).
+
+    Falls back to :func:`codebook_embeddings` for a tokenizer without ``code_vectors``.
+    """
+    fn = getattr(fmri_tokenizer, "code_vectors", None)
+    if not callable(fn):
+        return codebook_embeddings(fmri_tokenizer)
+    k = int(fmri_tokenizer.config.codebook_size)
+    with torch.no_grad():
+        return fn(torch.arange(k)).detach().float().cpu()
+
+
+def subspace_rows(code_vectors: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
+    """Codebook ``(K, d_code)`` -> rows ``(K, D)`` in the text rows' principal subspace.
+
+    The codebook's principal coordinates (whitened) are given the text rows' standard deviations
+    along the text's first ``k = min(d_code, D, K - 1)`` principal axes, and the text rows' mean
+    is added. Linear and injective on the codebook's top-``k`` subspace.
+    """
+    c = code_vectors.double() - code_vectors.double().mean(0)
+    t_mean = text_rows.double().mean(0)
+    t = text_rows.double() - t_mean
+    k = min(c.shape[1], t.shape[1], c.shape[0] - 1, t.shape[0] - 1)
+    if k < 1:
+        raise ValueError("the codebook and the text rows need at least 2 rows each")
+    _, s_c, v_c = torch.linalg.svd(c, full_matrices=False)
+    _, s_t, v_t = torch.linalg.svd(t, full_matrices=False)
+    coords = c @ v_c[:k].T / (s_c[:k] / (c.shape[0] - 1) ** 0.5).clamp_min(1e-12)
+    spread = s_t[:k] / (t.shape[0] - 1) ** 0.5
+    return (t_mean + (coords * spread) @ v_t[:k]).float()
+
+
 def _matched_random(n: int, d: int, norm: float, generator: torch.Generator) -> torch.Tensor:
     x = torch.randn(n, d, generator=generator)
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12) * norm
@@ -137,11 +182,12 @@ def extend_vocabulary(
         Its tokenizer; modified in place.
     codebook_size : int
         K.
-    init : {"codebook", "random"}
+    init : {"codebook", "subspace", "random"}
         Initialisation of the code rows (see the module docstring).
-    code_vectors : Tensor of shape (K, d_lm), optional
-        Codebook vectors in the LM's space (:func:`codebook_embeddings`); required for
-        ``init="codebook"``.
+    code_vectors : Tensor, optional
+        ``init="codebook"``: the codebook in the LM's space, ``(K, d_lm)``
+        (:func:`codebook_embeddings`); ``init="subspace"``: the codebook in the tokenizer's code
+        space, ``(K, d_code)`` (:func:`codebook_vectors`). Required for both.
     seed : int
         Seed of the random directions.
 
@@ -149,15 +195,20 @@ def extend_vocabulary(
     -------
     FMRIVocabulary
     """
-    if init not in ("codebook", "random"):
-        raise ValueError(f"init must be 'codebook' or 'random', got {init!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     emb = model.get_input_embeddings()
     d = emb.weight.shape[1]
-    if init == "codebook":
+    if init != "random":
         if code_vectors is None:
-            raise ValueError("init='codebook' needs code_vectors (the tokenizer's codebook)")
+            raise ValueError(f"init={init!r} needs code_vectors (the tokenizer's codebook)")
         code_vectors = torch.as_tensor(code_vectors, dtype=torch.float32)
-        if code_vectors.shape != (codebook_size, d):
+        if code_vectors.ndim != 2 or code_vectors.shape[0] != codebook_size:
+            raise ValueError(
+                f"code_vectors have shape {tuple(code_vectors.shape)}, expected "
+                f"({codebook_size}, width)"
+            )
+        if init == "codebook" and code_vectors.shape != (codebook_size, d):
             raise ValueError(
                 f"code_vectors have shape {tuple(code_vectors.shape)}, expected "
                 f"({codebook_size}, {d}) (the tokenizer must be aligned to this LM's "
@@ -186,6 +237,8 @@ def extend_vocabulary(
         if init == "codebook":
             scale = target_norm / float(code_vectors.norm(dim=1).mean().clamp_min(1e-12))
             rows = code_vectors * scale
+        elif init == "subspace":
+            rows = subspace_rows(code_vectors, old)
         else:
             rows = _matched_random(codebook_size, d, target_norm, g)
         weight[vocab.code_ids] = rows.to(weight.dtype)

@@ -117,6 +117,20 @@ def status_lines(metrics: dict) -> list[str]:
     return out
 
 
+LAYOUT_SENTENCES = {
+    "summary": (
+        "How it reads a scan (layout `summary`): each window's 200 x 8 codes are looked up in "
+        "the LM's own embedding rows of the `<fmri_k>` tokens, averaged per ROI over the "
+        "window's time patches, and projected (a trained linear map per ROI, then a two-layer "
+        "MLP) to 4 input vectors between `<fmri>` and `</fmri>`; the question follows in text."
+    ),
+    "compact": (
+        "How it reads a scan (layout `compact`): the codes of 16 evenly spaced ROIs (all 8 time "
+        "patches of each window) as a sequence of 146 `<fmri_k>` tokens, then the question."
+    ),
+}
+
+
 def model_card(release: dict) -> str:
     """The LM's model card (Markdown)."""
     e, m, t = release["expects"], release["metrics"], release["training"]
@@ -133,6 +147,8 @@ def model_card(release: dict) -> str:
         "of the fmrilm fMRI tokenizer (`fmri_tokenizer/`), fine-tuned with LoRA to answer age, "
         "sex and diagnosis (autism / control) questions from resting-state ROI time series. "
         "Answers are scored over closed answer sets, so every answer is readable.",
+        "",
+        LAYOUT_SENTENCES.get(t["layout"], f"Token layout: `{t['layout']}`."),
         "",
         "**Intended use**: research on fMRI representation learning and benchmarking. **Not a "
         "diagnostic device**: do not use it for decisions about a person.",

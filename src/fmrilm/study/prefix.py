@@ -32,6 +32,8 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from fmrilm.lm.summary import PrefixProjector
+
 __all__ = [
     "DEFAULT_PROMPT",
     "LoraSettings",
@@ -169,48 +171,6 @@ def trainable_parameters(module: nn.Module) -> int:
 def format_number(value: float) -> str:
     """How a numeric answer is written: the rounded integer, e.g. ``23.6 -> "24"``."""
     return str(int(round(float(value))))
-
-
-class PrefixProjector(nn.Module):
-    """Pooled features (B, F) -> soft prefix (B, n_prefix, D).
-
-    Parameters
-    ----------
-    feature_dim : int
-        F, width of the pooled encoder features.
-    embed_dim : int
-        D, the language model's input-embedding width.
-    n_prefix : int, default=4
-        Number of prefix vectors.
-    hidden_dim : int, optional
-        Width of the hidden layer (default: ``embed_dim``).
-    normalize : bool, default=True
-        LayerNorm the input features first (encoders differ widely in feature scale).
-    """
-
-    def __init__(
-        self,
-        feature_dim: int,
-        embed_dim: int,
-        n_prefix: int = 4,
-        hidden_dim: int | None = None,
-        normalize: bool = True,
-    ):
-        super().__init__()
-        if min(feature_dim, embed_dim, n_prefix) < 1:
-            raise ValueError("feature_dim, embed_dim and n_prefix must be >= 1")
-        hidden = hidden_dim or embed_dim
-        self.n_prefix, self.embed_dim = n_prefix, embed_dim
-        self.norm = nn.LayerNorm(feature_dim) if normalize else nn.Identity()
-        self.mlp = nn.Sequential(
-            nn.Linear(feature_dim, hidden), nn.GELU(), nn.Linear(hidden, n_prefix * embed_dim)
-        )
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if features.ndim != 2:
-            raise ValueError(f"features must be (B, F), got shape {tuple(features.shape)}")
-        out = self.mlp(self.norm(features))
-        return rearrange(out, "b (n d) -> b n d", n=self.n_prefix)
 
 
 class PrefixLM(nn.Module):

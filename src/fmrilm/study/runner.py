@@ -647,14 +647,10 @@ def _renderer(ctx: _Context, rendering: str):
 
 
 def _check_fitted_scheme(fmri_tokenizer, scheme: str, what: str) -> None:
-    """Refuse a model fitted on another split scheme: its training split may hold our test."""
-    fitted_on = (getattr(fmri_tokenizer, "scaler_stats", None) or {}).get("scheme")
-    if fitted_on is not None and fitted_on != scheme:
-        raise ArmNotRunnable(
-            f"{what} was fitted on split scheme {fitted_on!r}, the study uses {scheme!r}: its "
-            "training split may hold this scheme's test subjects; give one fitted on "
-            f"{scheme!r}"
-        )
+    """Refuse (arm not run) a model fitted on another split scheme."""
+    from fmrilm.lm.training import check_tokenizer_scheme
+
+    check_tokenizer_scheme(fmri_tokenizer, scheme, what, error=ArmNotRunnable)
 
 
 def _featurizer(kind: str, rendering: str | None, ctx: _Context, bar) -> Callable:

@@ -1,0 +1,181 @@
+"""The summary layout: every code token's embedding row, pooled per ROI, as a few LM inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import reduce
+
+from fmrilm.lm import LAYOUTS, FMRILanguageModel, LMConfig, TaskSpec, TokenLayout
+from fmrilm.lm.summary import CodeSummary
+
+from .conftest import FakeFMRITokenizer
+
+SEX = TaskSpec("sex", "classification", "what is the sex of this participant ?", ["female", "male"])
+AGE = TaskSpec(
+    "age", "regression", "how old is this participant ?", [str(a) for a in range(5, 26)],
+    [float(a) for a in range(5, 26)],
+)  # fmt: skip
+
+
+def _model(tiny_lm_dir, finetune="lora", n_tokens=3, seed=0):
+    cfg = LMConfig(
+        base_model=str(tiny_lm_dir),
+        codebook_size=8,
+        n_rois=6,
+        n_patches=4,
+        window_length=16,
+        stride=8,
+        layout="summary",
+        summary_tokens=n_tokens,
+        summary_roi_dim=4,
+        tasks=[SEX.to_dict(), AGE.to_dict()],
+        finetune=finetune,
+        lora_r=2,
+        seed=seed,
+    )
+    return FMRILanguageModel.build(cfg, FakeFMRITokenizer())
+
+
+def _codes(n, seed=0):
+    return torch.randint(0, 8, (n, 6, 4), generator=torch.Generator().manual_seed(seed))
+
+
+def test_layout_is_placeholders_between_delimiters(tiny_lm_dir):
+    m = _model(tiny_lm_dir)
+    ids = m.layout.token_ids(_codes(2), m.vocab)
+    v = m.vocab
+    assert ids.shape == (2, 5) and m.layout.n_tokens == 5
+    assert (ids[:, 0] == v.open_id).all() and (ids[:, -1] == v.close_id).all()
+    assert (ids[:, 1:-1] == v.roi_sep_id).all()
+    assert m.layout.describe()["summary_tokens"] == 3
+    with pytest.raises(ValueError, match="every ROI"):
+        TokenLayout("summary", 6, 4, rois=(0, 1))
+    with pytest.raises(ValueError, match="summary_tokens"):
+        LMConfig(layout="summary", summary_tokens=0).validate()
+
+
+def test_cli_layout_choices_match_the_package():
+    from fmrilm.cli.lm import LAYOUT_CHOICES
+
+    assert tuple(LAYOUT_CHOICES) == tuple(LAYOUTS)
+
+
+def test_summary_vectors_replace_the_placeholders(tiny_lm_dir):
+    m = _model(tiny_lm_dir)
+    codes = _codes(2)
+    ids, labels = m.example(codes[0], [(SEX, 1)])
+    batch = m.collate([(ids, labels, codes[0]), (*m.example(codes[1], [(SEX, 0)]), codes[1])])
+    inputs = m.lm_inputs(batch["input_ids"], batch["codes"])["inputs_embeds"]
+    embed = m.lm.get_input_embeddings()
+    with torch.no_grad():
+        plain = embed(batch["input_ids"])
+        rows = embed(m.vocab.code_ids[codes])  # (B, R, P, D): the shared vocabulary's rows
+        per_roi = reduce(rows, "b r p d -> b r d", "mean")
+        expected = m.summary.projector(m.summary.reduce_roi(per_roi).flatten(1))
+    slots = batch["input_ids"] == m.vocab.roi_sep_id
+    assert torch.allclose(inputs[slots].reshape(2, 3, -1), expected, atol=1e-6)
+    assert torch.equal(inputs[~slots], plain[~slots])  # everything else is the token's own row
+    # a different window gives a different summary
+    other = m.lm_inputs(batch["input_ids"], _codes(2, seed=1))["inputs_embeds"]
+    assert not torch.allclose(other[slots], inputs[slots])
+    with pytest.raises(ValueError, match="needs the windows' codes"):
+        m.lm_inputs(batch["input_ids"])
+    with pytest.raises(ValueError, match="exactly 3 summary positions"):
+        m.lm_inputs(batch["input_ids"][:, 3:], batch["codes"])  # one slot cut off
+
+
+def test_a_step_trains_the_summary_and_code_rows_not_the_old_rows(tiny_lm_dir):
+    m = _model(tiny_lm_dir)
+    codes = _codes(4)
+    batch = m.collate([(*m.example(c, [(SEX, i % 2)]), c) for i, c in enumerate(codes)])
+    params = m.trainable_parameters()
+    assert any(n.startswith("summary.") for n in params)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    old_rows = m.base_model.get_input_embeddings().weight.detach().clone()
+    opt = torch.optim.SGD(list(params.values()), lr=0.5)
+    m(**batch).loss.backward()
+    opt.step()
+    changed = {n for n, p in params.items() if not torch.equal(p, before[n])}
+    assert {n for n in changed if n.startswith("summary.")} == {
+        n for n in params if n.startswith("summary.")
+    }
+    assert any("trainable_tokens" in n for n in changed), "the fMRI rows receive no gradient"
+    emb = m.lm.get_input_embeddings()
+    new = set(m.vocab.new_ids)
+    keep = torch.tensor([i for i in range(old_rows.shape[0]) if i not in new])
+    with torch.no_grad():
+        now = emb(keep)
+    assert torch.equal(now, old_rows[keep])
+
+
+def test_packed_and_cached_scoring_agree(tiny_lm_dir):
+    m = _model(tiny_lm_dir)
+    codes = _codes(3, seed=2)
+    for task in (SEX, AGE):
+        packed = m.score(codes, task, method="packed")
+        cached = m.score(codes, task, method="cache")
+        assert torch.allclose(packed, cached, atol=1e-4)
+    # and both equal a plain forward pass over prompt + answer
+    ids = m.prompt_ids(m.layout.token_ids(codes[0], m.vocab), SEX)
+    a = m.answer_ids(SEX, 1)
+    with torch.no_grad():
+        inp = m.lm_inputs(torch.tensor([ids + a]), codes[:1])
+        lp = F.log_softmax(m.lm(**inp).logits[0], -1)
+    ref = sum(lp[len(ids) - 1 + i, a[i]].item() for i in range(len(a)))
+    assert m.score(codes[:1], SEX)[0, 1].item() == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_save_load_round_trip(tiny_lm_dir, tmp_path, finetune):
+    m = _model(tiny_lm_dir, finetune)
+    with torch.no_grad():
+        for p in m.trainable_parameters().values():
+            p.add_(0.05 * torch.randn_like(p))
+    codes = _codes(2, seed=3)
+    m.save_pretrained(tmp_path / "m")
+    m2 = FMRILanguageModel.from_pretrained(tmp_path / "m", FakeFMRITokenizer())
+    assert m2.layout == m.layout and m2.summary is not None
+    for task in (SEX, AGE):
+        assert torch.allclose(m.score(codes, task), m2.score(codes, task), atol=1e-5)
+
+
+def test_same_seed_same_summary(tiny_lm_dir):
+    a, b = _model(tiny_lm_dir, seed=4), _model(tiny_lm_dir, seed=4)
+    pairs = zip(a.summary.named_parameters(), b.summary.named_parameters(), strict=True)
+    for (n, p), (_, q) in pairs:
+        assert torch.equal(p, q), n
+    assert not torch.equal(_model(tiny_lm_dir, seed=5).summary.reduce_roi.weight,
+                           a.summary.reduce_roi.weight)  # fmt: skip
+
+
+def test_learns_a_planted_roi_signal(tiny_lm_dir):
+    """The class is ROI 2's mean code (< 3.5 female, male above); every other code is noise.
+
+    The random tiny LM knows no language, so it is fully fine-tuned (LoRA on a random model
+    barely moves); what is tested is that the summary carries one ROI's codes to the answer.
+    """
+    torch.manual_seed(0)
+    m = _model(tiny_lm_dir, "full")
+    codes = _codes(96, seed=7)
+    y = (codes[:, 2, :].float().mean(1) >= 3.5).long()
+    train, test = slice(0, 64), slice(64, 96)
+    opt = torch.optim.AdamW(list(m.trainable_parameters().values()), lr=1e-3)
+    m.train()
+    for step in range(240):
+        idx = torch.randint(0, 64, (16,), generator=torch.Generator().manual_seed(step))
+        c, lab = codes[train][idx], y[train][idx]
+        batch = m.collate([(*m.example(c[i], [(SEX, int(lab[i]))]), c[i]) for i in range(16)])
+        m(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    pred = m.score(codes[test], SEX).argmax(1)
+    assert (pred == y[test]).float().mean() >= 0.8
+
+
+def test_code_summary_checks_its_input():
+    s = CodeSummary(n_rois=5, embed_dim=8, n_tokens=2, roi_dim=3)
+    assert s(torch.randn(4, 5, 7, 8)).shape == (4, 2, 8)
+    with pytest.raises(ValueError, match=r"\(B, 5, P, D\)"):
+        s(torch.randn(4, 6, 7, 8))
