@@ -67,6 +67,24 @@ def make_tiny_lm(folder: Path, *, hidden: int = 32, layers: int = 2, tied: bool 
     return folder
 
 
+def tiny_config(tiny_lm_dir: Path, tasks, **overrides):
+    """``LMConfig`` of the tiny LM for 6 ROIs x 4 patches and 8 codes (LoRA r=2)."""
+    from fmrilm.lm import LMConfig
+
+    kw = dict(
+        base_model=str(tiny_lm_dir),
+        codebook_size=8,
+        n_rois=6,
+        n_patches=4,
+        window_length=16,
+        stride=8,
+        layout="roi_major",
+        tasks=[t.to_dict() for t in tasks],
+        lora_r=2,
+    )
+    return LMConfig(**{**kw, **overrides})
+
+
 class FakeFMRITokenizer(nn.Module):
     """Implements the tokenizer protocol: codes from the sign pattern of patch means."""
 

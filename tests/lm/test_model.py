@@ -24,19 +24,9 @@ SEX = TaskSpec("sex", "classification", "what is the sex of this participant ?",
 
 @pytest.fixture(scope="module")
 def model(tiny_lm_dir):
-    from .conftest import FakeFMRITokenizer
+    from .conftest import FakeFMRITokenizer, tiny_config
 
-    cfg = LMConfig(
-        base_model=str(tiny_lm_dir),
-        codebook_size=8,
-        n_rois=6,
-        n_patches=4,
-        window_length=16,
-        stride=8,
-        layout="roi_major",
-        tasks=[AGE.to_dict(), SEX.to_dict()],
-        lora_r=2,
-    )
+    cfg = tiny_config(tiny_lm_dir, [AGE, SEX])
     torch.manual_seed(0)
     return FMRILanguageModel.build(cfg, FakeFMRITokenizer())
 

@@ -10,7 +10,7 @@ from einops import reduce
 from fmrilm.lm import LAYOUTS, FMRILanguageModel, LMConfig, TaskSpec, TokenLayout
 from fmrilm.lm.summary import CodeSummary
 
-from .conftest import FakeFMRITokenizer
+from .conftest import FakeFMRITokenizer, tiny_config
 
 SEX = TaskSpec("sex", "classification", "what is the sex of this participant ?", ["female", "male"])
 AGE = TaskSpec(
@@ -20,19 +20,13 @@ AGE = TaskSpec(
 
 
 def _model(tiny_lm_dir, finetune="lora", n_tokens=3, seed=0):
-    cfg = LMConfig(
-        base_model=str(tiny_lm_dir),
-        codebook_size=8,
-        n_rois=6,
-        n_patches=4,
-        window_length=16,
-        stride=8,
+    cfg = tiny_config(
+        tiny_lm_dir,
+        [SEX, AGE],
         layout="summary",
         summary_tokens=n_tokens,
         summary_roi_dim=4,
-        tasks=[SEX.to_dict(), AGE.to_dict()],
         finetune=finetune,
-        lora_r=2,
         seed=seed,
     )
     return FMRILanguageModel.build(cfg, FakeFMRITokenizer())

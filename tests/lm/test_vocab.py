@@ -70,17 +70,10 @@ def test_codebook_init_checks_width(tiny_lm_dir):
 def _config(tiny_lm_dir, **kw):
     from fmrilm.lm import TaskSpec
 
-    tasks = [TaskSpec("sex", "classification", "what is the sex ?", ["female", "male"]).to_dict()]
-    return LMConfig(
-        base_model=str(tiny_lm_dir),
-        codebook_size=8,
-        n_rois=6,
-        n_patches=4,
-        layout="roi_major",
-        tasks=tasks,
-        lora_r=2,
-        **kw,
-    )
+    from .conftest import tiny_config
+
+    sex = TaskSpec("sex", "classification", "what is the sex ?", ["female", "male"])
+    return tiny_config(tiny_lm_dir, [sex], **kw)
 
 
 def test_lora_new_rows_trainable_old_rows_frozen(tiny_lm_dir, fake_tokenizer):
