@@ -43,6 +43,9 @@ ABLATIONS = {
     "summary_init_codebook_2_questions": {
         "model": {"init": "codebook", "questions_per_example": 2}
     },
+    # subspace rows and 3 questions, as first measured: the summary read the rows uncentred
+    # (commit ece3b3f) and collapsed; not reproducible with the current code (kept as a record)
+    "summary_uncentred_3_questions": {},
     # the summary layout with the fMRI rows from random directions
     "summary_init_random": {"model": {"init": "random"}},
     # token-sequence layouts (the LM reads the codes as tokens, no summary), as first measured:

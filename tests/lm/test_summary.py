@@ -65,7 +65,8 @@ def test_summary_vectors_replace_the_placeholders(tiny_lm_dir):
     embed = m.lm.get_input_embeddings()
     with torch.no_grad():
         plain = embed(batch["input_ids"])
-        rows = embed(m.vocab.code_ids[codes])  # (B, R, P, D): the shared vocabulary's rows
+        table = embed(m.vocab.code_ids)  # (K, D): the shared vocabulary's rows, centred
+        rows = (table - table.mean(0))[codes]  # (B, R, P, D)
         per_roi = reduce(rows, "b r p d -> b r d", "mean")
         expected = m.summary.projector(m.summary.reduce_roi(per_roi).flatten(1))
     slots = batch["input_ids"] == m.vocab.roi_sep_id

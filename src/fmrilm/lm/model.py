@@ -280,8 +280,12 @@ class FMRILanguageModel(nn.Module):
         if not bool((slots.sum(1) == n).all()):
             raise ValueError(f"each sequence must hold exactly {n} summary positions")
         embed = self.lm.get_input_embeddings()
-        code_ids = self.vocab.code_ids.to(codes.device)[codes.long()]
-        summary = self.summary(embed(code_ids.to(input_ids.device)))  # (B, n, D)
+        # the code rows, centred on their mean: the rows share a large common part (with
+        # init="subspace", the text rows' mean), which would otherwise dominate the pooled
+        # features and the projector's LayerNorm
+        table = embed(self.vocab.code_ids.to(input_ids.device))  # (K, D)
+        table = table - table.mean(0)
+        summary = self.summary(table[codes.long().to(input_ids.device)])  # (B, n, D)
         inputs = embed(input_ids)
         return {"inputs_embeds": inputs.masked_scatter(slots[..., None], summary.to(inputs.dtype))}
 

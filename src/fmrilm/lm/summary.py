@@ -9,7 +9,8 @@ Two modules, smallest first:
 :class:`CodeSummary`
     the ``summary`` layout of the fMRI language model. It reads a window's codes through the
     LM's own input-embedding rows of the ``<fmri_k>`` tokens (the shared vocabulary, trainable),
-    averages each ROI's rows over the window's time patches, maps every ROI's mean row to a few
+    centred on their mean (``FMRILanguageModel.lm_inputs``), averages each ROI's rows over the
+    window's time patches, maps every ROI's mean row to a few
     numbers with one shared linear map, and projects the ROI-ordered result to ``n_tokens``
     vectors with a :class:`PrefixProjector`.
 
