@@ -39,7 +39,8 @@ from pathlib import Path
 from benchmarks.common import REPO, RESULTS, write_result
 
 ABLATIONS = {
-    # the summary layout, rows from the tokenizer's alignment projector, 2 questions per window
+    # the summary layout, rows from the tokenizer's alignment projector, 2 questions per window;
+    # as measured, the rows were read uncentred (commit ece3b3f)
     "summary_init_codebook_2_questions": {
         "model": {"init": "codebook", "questions_per_example": 2}
     },
