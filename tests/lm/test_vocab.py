@@ -156,3 +156,15 @@ def test_subspace_init_builds_from_a_real_tokenizers_code_space(tiny_lm_dir, fmr
     assert torch.allclose(rows, subspace_rows(cv, text), atol=1e-5)
     with pytest.raises(ValueError, match="init must be"):
         LMConfig(init="projected").validate()
+
+
+def test_subspace_init_checks_its_codebook(tiny_lm_dir):
+    model, tok = _load(tiny_lm_dir)
+    with pytest.raises(ValueError, match="needs code_vectors"):
+        extend_vocabulary(model, tok, 8, init="subspace")
+    with pytest.raises(ValueError, match=r"expected \(8, width\)"):
+        extend_vocabulary(model, tok, 8, init="subspace", code_vectors=torch.randn(5, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        bad = torch.randn(8, 3)
+        bad[0, 0] = float("nan")
+        extend_vocabulary(model, tok, 8, init="subspace", code_vectors=bad)
