@@ -47,6 +47,12 @@ ABLATIONS = {
     # subspace rows and 3 questions, as first measured: the summary read the rows uncentred
     # (commit ece3b3f) and collapsed; not reproducible with the current code (kept as a record)
     "summary_uncentred_3_questions": {},
+    # the summary layout before ROI dropout and validation selection existed (commit 5426722):
+    # the last step's weights, no dropout
+    "summary_no_roi_dropout_keep_last": {
+        "model": {"summary_roi_dropout": 0.0},
+        "train": {"val_every_n_steps": None, "keep": "last"},
+    },
     # the summary layout with the fMRI rows from random directions
     "summary_init_random": {"model": {"init": "random"}},
     # token-sequence layouts (the LM reads the codes as tokens, no summary), as first measured:

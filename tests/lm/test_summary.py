@@ -174,3 +174,26 @@ def test_code_summary_checks_its_input():
     assert s(torch.randn(4, 5, 7, 8)).shape == (4, 2, 8)
     with pytest.raises(ValueError, match=r"\(B, 5, P, D\)"):
         s(torch.randn(4, 6, 7, 8))
+
+
+def test_roi_dropout_drops_whole_rois_in_training_only():
+    torch.manual_seed(0)
+    summary = CodeSummary(n_rois=50, embed_dim=8, n_tokens=2, roi_dim=3, roi_dropout=0.5)
+    rows = torch.randn(4, 50, 5, 8)
+    seen = {}
+    summary.projector.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    summary.train()
+    summary(rows)
+    reduced = seen["x"].reshape(4, 50, 3)
+    dropped = (reduced == 0).all(dim=-1)  # a dropped ROI is zero in all its numbers
+    partly = ((reduced == 0).any(dim=-1) & ~dropped).any()
+    assert 0.2 < dropped.float().mean() < 0.8 and not partly
+    kept = summary.reduce_roi(reduce(rows, "b r p d -> b r d", "mean"))
+    assert torch.allclose(reduced[~dropped], 2 * kept[~dropped], atol=1e-6)  # scaled by 1/(1-p)
+    summary.eval()
+    summary(rows)
+    assert torch.allclose(seen["x"].reshape(4, 50, 3), kept, atol=1e-6)
+    with pytest.raises(ValueError, match="roi_dropout"):
+        CodeSummary(n_rois=2, embed_dim=8, roi_dropout=1.0)
+    with pytest.raises(ValueError, match="summary_roi_dropout"):
+        LMConfig(summary_roi_dropout=-0.1).validate()

@@ -187,3 +187,60 @@ def test_refuses_a_tokenizer_fitted_on_another_scheme(sample_store, tiny_lm_dir,
     cfg["scheme"] = "site_stratified"
     with pytest.raises(ValueError, match="trained on split scheme 'heldout_sites'"):
         train(cfg, fmri_tokenizer=tok)
+
+
+class _Corrupt(Callback):
+    """Adds noise to the trainable weights after one step, so a later check is worse."""
+
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    if p.requires_grad:
+                        p.add_(torch.randn_like(p))
+
+
+def test_keeps_the_step_with_the_lowest_validation_loss(sample_store, tiny_lm_dir, tmp_path):
+    from fmrilm.lm.model import FMRILanguageModel
+    from fmrilm.lm.training import QADataset, scan_labels
+
+    cfg = _config(
+        sample_store, tiny_lm_dir, tmp_path, steps=6, val_every_n_steps=2, keep="best_val_loss"
+    )
+    res = train(cfg, fmri_tokenizer=_tokenizer(), extra_callbacks=[_Corrupt(5)])
+    val = res["validation"]
+    steps = [s for s, _ in val["curve"]]
+    losses = [v for _, v in val["curve"]]
+    assert steps == [2, 4, 6] and all(np.isfinite(losses))
+    assert losses[2] > min(losses[:2])  # the noise after step 5 made step 6 worse
+    assert val["best_step"] == steps[int(np.argmin(losses))] != 6
+    assert val["best_val_loss"] == pytest.approx(min(losses), rel=1e-5)
+    # the saved model is the best step's: its loss on the same validation examples, recomputed
+    # in one batch, is the curve's minimum (the last step's weights give another value)
+    model = FMRILanguageModel.from_pretrained(res["model_dir"], fmri_tokenizer=_tokenizer())
+    model.eval()
+    enc = dict(np.load(tmp_path / "codes_site_stratified_val.npz"))
+    labels = scan_labels(sample_store.table.reset_index(drop=True), model.tasks)
+    ds = QADataset(
+        model, enc["codes"], enc["scan_index"], labels, batch_size=2, questions_per_example=2
+    )
+    batch = model.collate([ds[g] for g in range(ds.n)])
+    with torch.no_grad():
+        loss = float(model(**batch).loss)
+    assert loss == pytest.approx(min(losses), rel=1e-4)
+    assert loss != pytest.approx(losses[-1], rel=1e-2)
+
+
+def test_best_val_loss_needs_validation(sample_store, tiny_lm_dir, tmp_path):
+    with pytest.raises(ValueError, match="val_every_n_steps"):
+        train(
+            _config(sample_store, tiny_lm_dir, tmp_path, keep="best_val_loss"),
+            fmri_tokenizer=_tokenizer(),
+        )
+    with pytest.raises(ValueError, match="train.keep"):
+        train(
+            _config(sample_store, tiny_lm_dir, tmp_path, keep="best"), fmri_tokenizer=_tokenizer()
+        )

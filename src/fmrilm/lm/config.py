@@ -44,6 +44,8 @@ class LMConfig:
     summary_tokens, summary_roi_dim : int
         Summary layout: input positions per window, and the width each ROI's pooled code row is
         reduced to (:class:`fmrilm.lm.summary.CodeSummary`).
+    summary_roi_dropout : float
+        Summary layout: probability of dropping a whole ROI's row in training.
     init : str
         Initialisation of the new token rows: ``"codebook"`` (the tokenizer's codebook projected
         into the LM embedding space by its alignment projector, rescaled to the mean norm of the
@@ -80,6 +82,7 @@ class LMConfig:
     patch_stride: int = 1
     summary_tokens: int = 4
     summary_roi_dim: int = 32
+    summary_roi_dropout: float = 0.0
     init: str = "codebook"
     finetune: str = "lora"
     lora_r: int = 8
@@ -98,6 +101,10 @@ class LMConfig:
             raise ValueError(f"unknown layout {self.layout!r}")
         if self.summary_tokens < 1 or self.summary_roi_dim < 1:
             raise ValueError("summary_tokens and summary_roi_dim must be >= 1")
+        if not 0.0 <= self.summary_roi_dropout < 1.0:
+            raise ValueError(
+                f"summary_roi_dropout must be in [0, 1), got {self.summary_roi_dropout}"
+            )
         if self.init not in ("codebook", "subspace", "random"):
             raise ValueError(f"init must be 'codebook', 'subspace' or 'random', got {self.init!r}")
         if self.finetune not in ("lora", "full"):

@@ -92,7 +92,11 @@ class FMRILanguageModel(nn.Module):
             with torch.random.fork_rng(devices=[]):  # the same seed, the same initial summary
                 torch.manual_seed(config.seed)
                 self.summary = CodeSummary(
-                    config.n_rois, width, config.summary_tokens, config.summary_roi_dim
+                    config.n_rois,
+                    width,
+                    config.summary_tokens,
+                    config.summary_roi_dim,
+                    config.summary_roi_dropout,
                 )
         self.tasks = [TaskSpec.from_dict(t) for t in config.tasks]
         self._text_cache: dict[Any, Any] = {}  # text ids and answer tries

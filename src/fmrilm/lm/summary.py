@@ -86,14 +86,28 @@ class CodeSummary(nn.Module):
     roi_dim : int, default=32
         Width each ROI's mean code row is reduced to before the projector (the tokenizer's code
         vectors are 32-wide; ``R * roi_dim`` is the projector's input width).
+    roi_dropout : float, default=0.0
+        Probability of dropping a whole ROI's reduced row in training (``nn.Dropout1d`` over
+        ROIs): the projector reads 6,400 numbers per window from about a thousand training
+        windows, and without it the model memorises them.
     """
 
-    def __init__(self, n_rois: int, embed_dim: int, n_tokens: int = 4, roi_dim: int = 32):
+    def __init__(
+        self,
+        n_rois: int,
+        embed_dim: int,
+        n_tokens: int = 4,
+        roi_dim: int = 32,
+        roi_dropout: float = 0.0,
+    ):
         super().__init__()
         if min(n_rois, embed_dim, n_tokens, roi_dim) < 1:
             raise ValueError("n_rois, embed_dim, n_tokens and roi_dim must be >= 1")
+        if not 0.0 <= roi_dropout < 1.0:
+            raise ValueError(f"roi_dropout must be in [0, 1), got {roi_dropout}")
         self.n_rois, self.n_tokens = n_rois, n_tokens
         self.reduce_roi = nn.Linear(embed_dim, roi_dim, bias=False)
+        self.roi_dropout = nn.Dropout1d(roi_dropout)  # (B, R, k): drops whole ROIs
         self.projector = PrefixProjector(n_rois * roi_dim, embed_dim, n_tokens)
 
     def forward(self, code_rows: torch.Tensor) -> torch.Tensor:
@@ -113,4 +127,5 @@ class CodeSummary(nn.Module):
                 f"code rows must be (B, {self.n_rois}, P, D), got {tuple(code_rows.shape)}"
             )
         per_roi = reduce(code_rows, "b r p d -> b r d", "mean")
-        return self.projector(rearrange(self.reduce_roi(per_roi), "b r k -> b (r k)"))
+        reduced = self.roi_dropout(self.reduce_roi(per_roi))
+        return self.projector(rearrange(reduced, "b r k -> b (r k)"))

@@ -11,7 +11,11 @@ Pipeline of :func:`train`:
    from a checkpoint (``resume=True``, e.g. after SIGKILL) continues the same sequence;
 4. checkpoints hold only the trainable weights (LoRA + new rows, or everything for full
    fine-tuning) with the optimizer state; the final model is written with
-   :meth:`fmrilm.lm.FMRILanguageModel.save_pretrained` to ``<out_dir>/model``.
+   :meth:`fmrilm.lm.FMRILanguageModel.save_pretrained` to ``<out_dir>/model``;
+5. with ``train.val_every_n_steps``, the answer-token loss on every validation window (fixed
+   questions) is measured every that many steps; ``train.keep: best_val_loss`` then writes the
+   weights of the step with the lowest validation loss instead of the last step's. Only the
+   validation split is read: the test split stays untouched for model selection.
 
 bf16 autocast is used on CUDA only (``precision: auto``); on CPU training runs in float32.
 """
@@ -66,6 +70,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "patch_stride": 1,
         "summary_tokens": 4,
         "summary_roi_dim": 32,
+        "summary_roi_dropout": 0.0,
         "init": "codebook",
         "finetune": "lora",
         "lora_r": 8,
@@ -91,8 +96,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "precision": "auto",
         "progress_bar": False,
         "num_threads": None,
+        "val_every_n_steps": None,
+        "keep": "last",
     },
 }
+
+KEEP_CHOICES = ("last", "best_val_loss")
 
 
 def merge_config(base: dict, override: dict) -> dict:
@@ -291,6 +300,13 @@ class LMTrainingModule(L.LightningModule):
         self.log("tokens", float(n_tok), on_step=True, batch_size=1)
         return loss
 
+    def validation_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        # weighted by answer tokens, so the epoch value is the mean loss per answer token
+        n_answer = int((batch["labels"][:, 1:] != -100).sum())
+        self.log("val_loss", out.loss, on_epoch=True, batch_size=max(1, n_answer), sync_dist=True)
+        return out.loss
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keep = {n for n, p in self.named_parameters() if p.requires_grad}
         if not keep:
@@ -319,6 +335,24 @@ class _Throughput(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.steps += 1
+
+
+class ValidationCurve(Callback):
+    """``(global_step, val_loss)`` after each validation; kept in checkpoints across resumes."""
+
+    def __init__(self):
+        self.points: list[tuple[int, float]] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        value = trainer.callback_metrics.get("val_loss")
+        if value is not None and not trainer.sanity_checking:
+            self.points.append((int(trainer.global_step), float(value)))
+
+    def state_dict(self) -> dict:
+        return {"points": [list(p) for p in self.points]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.points = [(int(s), float(v)) for s, v in state_dict.get("points", [])]
 
 
 def _config_repr(cfg: Any) -> str:
@@ -420,8 +454,7 @@ def train(
     window_length = int(dcfg["window_length"] or getattr(tok_cfg, "window_length", 160))
     stride = int(dcfg["stride"])
 
-    # 1. codes of the training windows, cached
-    cache = out_dir / f"codes_{scheme}_train.npz"
+    # 1. codes of the training (and validation) windows, cached
     stamp = json.dumps(
         {
             "store": str(Path(cfg["store"]).resolve()),
@@ -433,24 +466,37 @@ def train(
         sort_keys=True,
         default=str,
     )
-    enc = None
-    if cache.exists():
-        enc = dict(np.load(cache))
-        if str(enc.pop("stamp", "")) != stamp:  # another tokenizer / store / windowing
-            enc = None
-    if enc is None:
+
+    def split_codes(split: str) -> dict[str, np.ndarray]:
+        cache = out_dir / f"codes_{scheme}_{split}.npz"
+        if cache.exists():
+            enc = dict(np.load(cache))
+            if str(enc.pop("stamp", "")) == stamp:  # else another tokenizer / store / windowing
+                return enc
         enc = encode_windows(
             store,
             fmri_tokenizer,
-            split="train",
+            split=split,
             scheme=scheme,
             window_length=window_length,
             stride=stride,
             batch_size=int(dcfg["encode_batch_size"]),
         )
         np.savez(cache, **enc, stamp=np.asarray(stamp))
+        return enc
+
+    keep = tcfg["keep"]
+    if keep not in KEEP_CHOICES:
+        raise ValueError(f"train.keep must be one of {KEEP_CHOICES}, got {keep!r}")
+    val_every = int(tcfg["val_every_n_steps"] or 0)
+    if keep == "best_val_loss" and val_every < 1:
+        raise ValueError("train.keep='best_val_loss' needs train.val_every_n_steps >= 1")
+    enc = split_codes("train")
     if len(enc["codes"]) == 0:
         raise ValueError("the training split has no window (scans shorter than window_length?)")
+    val_enc = split_codes("val") if val_every else None
+    if val_enc is not None and len(val_enc["codes"]) == 0:
+        raise ValueError("the validation split has no window; set train.val_every_n_steps: null")
     n_rois, n_patches = enc["codes"].shape[1:]
 
     # 2. tasks fitted on the training split
@@ -485,6 +531,7 @@ def train(
         patch_stride=int(mcfg["patch_stride"]),
         summary_tokens=int(mcfg["summary_tokens"]),
         summary_roi_dim=int(mcfg["summary_roi_dim"]),
+        summary_roi_dropout=float(mcfg["summary_roi_dropout"]),
         init=mcfg["init"],
         finetune=mcfg["finetune"],
         lora_r=int(mcfg["lora_r"]),
@@ -518,6 +565,18 @@ def train(
         seed=seed,
         questions_per_example=lm_config.questions_per_example,
     )
+    val_dataset = None
+    if val_enc is not None:
+        # every validation window once, with fixed questions: the same examples at each check
+        val_dataset = QADataset(
+            model,
+            val_enc["codes"],
+            val_enc["scan_index"],
+            labels,
+            batch_size=bs,
+            seed=seed,
+            questions_per_example=lm_config.questions_per_example,
+        )
     module = LMTrainingModule(model, tcfg)
     ckpt_path = find_resume_checkpoint(ckpt_dir) if resume else None
     (out_dir / "config.resolved.json").write_text(json.dumps(cfg, indent=2, default=str))
@@ -536,6 +595,18 @@ def train(
         throughput,
         *(extra_callbacks or []),
     ]
+    best_ckpt = curve = None
+    if val_dataset is not None:
+        # in a subfolder, so that --resume (newest step of checkpoints/*.ckpt) never picks it
+        best_ckpt = ModelCheckpoint(
+            dirpath=str(ckpt_dir / "best"),
+            filename="best",
+            monitor="val_loss",
+            mode="min",
+            save_top_k=1,
+        )
+        curve = ValidationCurve()
+        callbacks += [best_ckpt, curve]
     kw = dict(
         max_steps=int(tcfg["max_steps"]),
         max_epochs=-1,
@@ -548,11 +619,14 @@ def train(
         log_every_n_steps=int(tcfg["log_every_n_steps"]),
         enable_progress_bar=bool(tcfg["progress_bar"]),
         gradient_clip_val=float(tcfg["grad_clip"]) if tcfg["grad_clip"] else None,
-        limit_val_batches=0,
         num_sanity_val_steps=0,
         enable_model_summary=False,
         use_distributed_sampler=False,
     )
+    if val_dataset is not None:  # counted in global steps, so a resumed run keeps the schedule
+        kw.update(val_check_interval=val_every, check_val_every_n_epoch=None)
+    else:
+        kw.update(limit_val_batches=0)
     kw.update(trainer_overrides or {})
     trainer = L.Trainer(**kw)
 
@@ -566,10 +640,41 @@ def train(
                 dataset, batch_size=bs, sampler=sampler, collate_fn=model.collate, num_workers=0
             )
 
+        def val_dataloader(self_inner):
+            if val_dataset is None:
+                return []
+            return DataLoader(
+                val_dataset,
+                batch_size=bs,
+                sampler=range(val_dataset.n),
+                collate_fn=model.collate,
+                num_workers=0,
+            )
+
     model.train()  # transformers loads models in eval mode
     t0 = time.time()
     trainer.fit(module, datamodule=_DM(), ckpt_path=str(ckpt_path) if ckpt_path else None)
     seconds = time.time() - t0
+    validation = None
+    if best_ckpt is not None:
+        best_path = best_ckpt.best_model_path
+        best_loss = best_ckpt.best_model_score
+        validation = {
+            "every_n_steps": val_every,
+            "n_windows": int(val_dataset.n),
+            "curve": curve.points,
+            "best_val_loss": float(best_loss) if best_loss is not None else None,
+            "best_step": None,
+            "kept": keep,
+        }
+        if best_path:
+            state = torch.load(best_path, map_location="cpu", weights_only=False)
+            validation["best_step"] = int(state["global_step"])
+            if keep == "best_val_loss":
+                trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+                if set(state["state_dict"]) != trainable:
+                    raise RuntimeError(f"{best_path} does not hold this model's trainable weights")
+                module.load_state_dict(state["state_dict"], strict=False)
     model_dir = out_dir / "model"
     tokens = module.tokens_seen - throughput.tokens0
     from fmrilm.lm.layouts import compute_budget
@@ -595,6 +700,7 @@ def train(
         "n_scans_without_window": int(enc["n_scans_without_window"]),
         "parameters": n_params,
         "budget": budget,
+        "validation": validation,
         "pid": os.getpid(),
     }
     if trainer.is_global_zero:
