@@ -173,12 +173,16 @@ class FMRILanguageModel(nn.Module):
         """The underlying transformers model (below the peft wrapper)."""
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
-    def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        """Trainable weights by name: the LM's (LoRA + new rows, or all) and ``summary.*``."""
-        out = {n: p for n, p in self.lm.named_parameters() if p.requires_grad}
+    def weights(self) -> dict[str, nn.Parameter]:
+        """Every weight by the name ``trainable.safetensors`` uses: the LM's, then ``summary.*``."""
+        out = dict(self.lm.named_parameters())
         if self.summary is not None:
             out.update({f"summary.{n}": p for n, p in self.summary.named_parameters()})
         return out
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Trainable weights by name: the LM's (LoRA + new rows, or all) and ``summary.*``."""
+        return {n: p for n, p in self.weights().items() if p.requires_grad}
 
     def n_parameters(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.parameters())
@@ -694,9 +698,7 @@ class FMRILanguageModel(nn.Module):
             config, cls._wrap(base_lm, config, vocab), base_tokenizer, vocab, fmri_tokenizer
         )
         state = load_file(str(folder / "trainable.safetensors"))
-        own = dict(model.lm.named_parameters())
-        if model.summary is not None:
-            own.update({f"summary.{n}": p for n, p in model.summary.named_parameters()})
+        own = model.weights()
         missing = [k for k in state if k not in own]
         if missing:
             raise ValueError(f"{folder}: saved weights do not fit the rebuilt model: {missing[:3]}")
