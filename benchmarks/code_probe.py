@@ -104,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         help="also probe the code tokens' rows in this LM's embedding space, as each vocabulary "
         "initialisation writes them (codebook, subspace); 'none' to skip",
     )
+    ap.add_argument(
+        "--only",
+        type=lambda v: [x for x in v.split(",") if x],
+        default=None,
+        help="comma-separated subset of the feature sets (default: all)",
+    )
+    ap.add_argument(
+        "--result-name", default="code_probe", help="results file (benchmarks/results/NAME.json)"
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -148,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         tables["lm_rows_init_subspace"] = subspace_rows(codebook_vectors(tok), text)
         del lm
         sets += [(f"{k}_all_200_rois", k, all_rois) for k in tables if k.startswith("lm_rows")]
+    if args.only:
+        unknown = sorted(set(args.only) - {name for name, _, _ in sets})
+        if unknown:
+            raise SystemExit(f"unknown feature sets {unknown}; known: {[n for n, _, _ in sets]}")
+        sets = [s for s in sets if s[0] in args.only]
     for name, kind, rois in sets:
         feats = {}
         for split, e in enc.items():
@@ -174,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         + f" ({args.scheme} test, {results[sets[0][0]]['n_test_scans']} scans)"
     )
     write_result(
-        "code_probe", {"scheme": args.scheme, "tokenizer": str(args.tokenizer), **results}, line
+        args.result_name, {"scheme": args.scheme, "tokenizer": str(args.tokenizer), **results}, line
     )
     print(line)
     return 0
