@@ -79,6 +79,14 @@ def test_evaluate_against_baselines(trained, sample_store):
     ):
         assert key in flat
     assert len(flat["age_mae_ci95"]) == 2
+    # the LM and FC are compared pairwise on the same subjects
+    paired = res["targets"]["age"]["lm_vs_connectivity"]["connectivity_correlation"]
+    lm_mae = res["targets"]["age"]["results"]["lm"]["metrics"]["mae"]["value"]
+    fc_mae = res["targets"]["age"]["results"]["connectivity_correlation"]["metrics"]["mae"]["value"]
+    assert paired["difference"] == pytest.approx(lm_mae - fc_mae)
+    assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
+    assert flat["lm_minus_fc_age_mae"] == pytest.approx(lm_mae - fc_mae)
+    assert "heldout_sites_lm_minus_fc_diagnosis_auc" in flat
     assert "lm" in format_results(res)
     with pytest.raises(ValueError, match="trained on"):
         evaluate(trained["model"], sample_store, scheme="heldout_sites", n_bootstrap=0)

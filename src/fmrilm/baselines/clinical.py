@@ -1089,6 +1089,10 @@ def _evaluate_predictions(
         "primary_metric": primary,
         "results": results,
         "vs_trivial": comparisons,
+        # per-subject predictions (in ``subject_ids`` order), for paired comparisons with other
+        # models scored on the same subjects
+        "subject_ids": [] if y_subj is None else [str(x) for x in subjects],
+        "subject_predictions": {b: np.asarray(p).tolist() for b, p in subject_preds.items()},
     }
 
 

@@ -292,6 +292,9 @@ def evaluate(
             )
             entry.setdefault("vs_trivial", {})["lm"] = comparisons.get("trivial")
             entry["lm_vs_site"] = comparisons.get("site")
+            entry["lm_vs_connectivity"] = _paired_vs_connectivity(
+                entry, subjects, y_cmp, p_s, metric, labels, n_bootstrap, seed
+            )
     base.update(
         {
             "scheme": scheme,
@@ -315,6 +318,24 @@ def evaluate(
         }
     )
     return base
+
+
+def _paired_vs_connectivity(entry, subjects, y_s, p_lm, metric, labels, n_bootstrap, seed):
+    """Paired bootstrap of the LM against each connectivity baseline on the same subjects."""
+    from fmrilm.evaluation.metrics import paired_bootstrap_difference
+
+    out = {}
+    ids = [str(x) for x in subjects]
+    for b, pred in entry.get("subject_predictions", {}).items():
+        if not b.startswith("connectivity"):
+            continue
+        if entry.get("subject_ids") != ids:  # e.g. an LM answer failed to parse: no pairing
+            out[b] = {"skipped": "the baseline was scored on other subjects than the LM"}
+            continue
+        out[b] = paired_bootstrap_difference(
+            y_s, p_lm, np.asarray(pred), metric, labels=labels, n_bootstrap=n_bootstrap, seed=seed
+        )
+    return out
 
 
 def _paired_vs_simple(
@@ -435,6 +456,13 @@ def flat_summary(results_by_scheme: dict[str, dict]) -> dict[str, Any]:
                     out[f"{pre}{prefix}{key}_ci95"] = [e.get("ci_low"), e.get("ci_high")]
                     if prefix == "fc_":
                         out[f"{pre}{prefix}{key}_baseline"] = n
+                        paired = (t.get("lm_vs_connectivity") or {}).get(n)
+                        if paired is not None and paired.get("metric") == metric:
+                            out[f"{pre}lm_minus_fc_{key}"] = paired["difference"]
+                            out[f"{pre}lm_minus_fc_{key}_ci95"] = [
+                                paired["ci_low"],
+                                paired["ci_high"],
+                            ]
         out[f"{pre}parse_failures"] = res.get("parse_failures")
         age = res.get("targets", {}).get("age", {}).get("results", {}).get("lm")
         if age is not None:
