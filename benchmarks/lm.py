@@ -19,7 +19,8 @@ of its scheme, in its own process with one torch thread, ``--parallel`` at a tim
   ``time_major_200rois_1patch`` (all 200 ROIs, the first 20-point patch, 203 tokens). Each
   ablation records its own number of training steps (``train_steps``).
 
-A job whose ``results.json`` exists is not run again (so the benchmark resumes). Writes
+A job whose ``results.json`` exists is not run again (so the benchmark resumes); ``--reevaluate
+NAME,...`` evaluates finished jobs again with the current evaluation code, without retraining. Writes
 ``benchmarks/results/lm.json`` (the keys of ``fmrilm.lm.evaluation.summarize_runs`` plus the wall
 time of each stage and the throughputs), ``benchmarks/results/lm_tables.md`` (the readable
 tables) and one line in ``docs/benchmarks.md``.
@@ -132,12 +133,17 @@ def run_job(spec: dict) -> dict:
 
     torch.set_num_threads(1)
     out_dir = Path(spec["config"]["out_dir"])
-    t0 = time.time()
-    res = train(spec["config"], resume=True)
-    train_wall = time.time() - t0
+    if spec.get("evaluate_only"):  # the trained model, evaluated again by the current code
+        earlier = json.loads((out_dir / "results.json").read_text())
+        train_wall = earlier["wall_seconds"]["train"]
+        model_dir = out_dir / "model"
+    else:
+        t0 = time.time()
+        model_dir = train(spec["config"], resume=True)["model_dir"]
+        train_wall = time.time() - t0
     summary = json.loads((out_dir / "train_summary.json").read_text())
     t1 = time.time()
-    model = FMRILanguageModel.from_pretrained(res["model_dir"])
+    model = FMRILanguageModel.from_pretrained(model_dir)
     ev = evaluate(
         model,
         spec["config"]["store"],
@@ -155,16 +161,21 @@ def run_job(spec: dict) -> dict:
 
 def _launch(spec: dict) -> dict:
     out_dir = Path(spec["config"]["out_dir"])
-    if (out_dir / "results.json").exists():
+    if spec.get("evaluate_only"):
+        if not (out_dir / "results.json").exists():
+            raise SystemExit(f"{spec['name']}: --reevaluate needs a finished run in {out_dir}")
+    elif (out_dir / "results.json").exists():
         print(f"[lm benchmark] {spec['name']}: results exist, not rerun", flush=True)
         return spec
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "job.json").write_text(json.dumps(spec, indent=1))
-    print(f"[lm benchmark] {spec['name']}: started (log {out_dir / 'job.log'})", flush=True)
+    # a re-evaluation keeps the training job's record (job.json, job.log) as it was
+    stem = "reevaluate" if spec.get("evaluate_only") else "job"
+    (out_dir / f"{stem}.json").write_text(json.dumps(spec, indent=1))
+    print(f"[lm benchmark] {spec['name']}: started (log {out_dir / f'{stem}.log'})", flush=True)
     t0 = time.time()
-    with (out_dir / "job.log").open("w") as log:
+    with (out_dir / f"{stem}.log").open("w") as log:
         proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.lm", "--job", str(out_dir / "job.json")],
+            [sys.executable, "-m", "benchmarks.lm", "--job", str(out_dir / f"{stem}.json")],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -172,7 +183,7 @@ def _launch(spec: dict) -> dict:
             check=False,
         )
     if proc.returncode != 0:
-        raise RuntimeError(f"job {spec['name']} failed; see {out_dir / 'job.log'}")
+        raise RuntimeError(f"job {spec['name']} failed; see {out_dir / f'{stem}.log'}")
     print(f"[lm benchmark] {spec['name']}: done in {time.time() - t0:.0f} s", flush=True)
     return spec
 
@@ -195,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated subset of the ablations (default: all)",
     )
+    ap.add_argument(
+        "--reevaluate",
+        type=lambda v: [x for x in v.split(",") if x],
+        default=[],
+        help="comma-separated finished jobs to evaluate again with the current evaluation code "
+        "(their trained models and training times are kept)",
+    )
     args = ap.parse_args(argv)
     if args.job is not None:
         print(json.dumps(run_job(json.loads(args.job.read_text()))))
@@ -202,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.store.exists():
         raise SystemExit(f"store {args.store} does not exist (fmrilm data abide ...)")
     specs = jobs(args)
+    unknown = sorted(set(args.reevaluate) - {s["name"] for s in specs})
+    if unknown:
+        raise SystemExit(f"--reevaluate: unknown jobs {unknown}")
+    for s in specs:
+        s["evaluate_only"] = s["name"] in args.reevaluate
     t0 = time.time()
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         list(pool.map(_launch, specs))
