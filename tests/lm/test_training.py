@@ -213,7 +213,7 @@ class _Corrupt(Callback):
 
 def test_keeps_the_step_with_the_lowest_validation_loss(sample_store, tiny_lm_dir, tmp_path):
     from fmrilm.lm.model import FMRILanguageModel
-    from fmrilm.lm.training import QADataset, scan_labels
+    from fmrilm.lm.training import QADataset, scan_labels, validation_loss
 
     cfg = _config(
         sample_store, tiny_lm_dir, tmp_path, steps=6, val_every_n_steps=2, keep="best_val_loss"
@@ -227,7 +227,7 @@ def test_keeps_the_step_with_the_lowest_validation_loss(sample_store, tiny_lm_di
     assert val["best_step"] == steps[int(np.argmin(losses))] != 6
     assert val["best_val_loss"] == pytest.approx(min(losses), rel=1e-5)
     # the saved model is the best step's: its loss on the same validation examples, recomputed
-    # in one batch, is the curve's minimum (the last step's weights give another value)
+    # in one batch and by validation_loss, is the curve's minimum (the last step's is another)
     model = FMRILanguageModel.from_pretrained(res["model_dir"], fmri_tokenizer=_tokenizer())
     model.eval()
     enc = dict(np.load(tmp_path / "codes_site_stratified_val.npz"))
@@ -240,6 +240,8 @@ def test_keeps_the_step_with_the_lowest_validation_loss(sample_store, tiny_lm_di
         loss = float(model(**batch).loss)
     assert loss == pytest.approx(min(losses), rel=1e-4)
     assert loss != pytest.approx(losses[-1], rel=1e-2)
+    again = validation_loss(model, enc["codes"], enc["scan_index"], labels, batch_size=2)
+    assert again == pytest.approx(loss, rel=1e-4)
 
 
 def test_best_val_loss_needs_validation(sample_store, tiny_lm_dir, tmp_path):

@@ -50,6 +50,7 @@ __all__ = [
     "merge_config",
     "scan_labels",
     "train",
+    "validation_loss",
 ]
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -184,6 +185,45 @@ def scan_labels(table, tasks: list[TaskSpec]) -> np.ndarray:
         values = target_values(table, t.name).to_numpy(dtype=object)
         out[:, j] = [t.answer_index(v) for v in values]
     return out
+
+
+@torch.no_grad()
+def validation_loss(
+    model: FMRILanguageModel,
+    codes: np.ndarray,
+    window_scan: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> float:
+    """Mean answer-token loss on every window once, with the questions training validates on.
+
+    The value ``train.val_every_n_steps`` logs as ``val_loss``: the examples are those of a
+    :class:`QADataset` of the windows (``model.config.questions_per_example`` questions each,
+    chosen by ``seed``), in batches of ``batch_size``, weighted by answer tokens.
+    """
+    ds = QADataset(
+        model,
+        codes,
+        window_scan,
+        labels,
+        batch_size=batch_size,
+        seed=seed,
+        questions_per_example=model.config.questions_per_example,
+    )
+    was = model.training
+    model.eval()
+    total = count = 0.0
+    try:
+        for s in range(0, ds.n, batch_size):
+            batch = model.collate([ds[g] for g in range(s, min(ds.n, s + batch_size))])
+            n = float((batch["labels"][:, 1:] != -100).sum())
+            total += float(model(**batch).loss) * n
+            count += n
+    finally:
+        model.train(was)
+    return total / max(1.0, count)
 
 
 class StepSampler(Sampler):
