@@ -19,7 +19,7 @@ AGE = TaskSpec(
 )  # fmt: skip
 
 
-def _model(tiny_lm_dir, finetune="lora", n_tokens=3, seed=0):
+def _model(tiny_lm_dir, finetune="lora", n_tokens=3, seed=0, **kw):
     cfg = tiny_config(
         tiny_lm_dir,
         [SEX, AGE],
@@ -28,6 +28,7 @@ def _model(tiny_lm_dir, finetune="lora", n_tokens=3, seed=0):
         summary_roi_dim=4,
         finetune=finetune,
         seed=seed,
+        **kw,
     )
     return FMRILanguageModel.build(cfg, FakeFMRITokenizer())
 
@@ -197,3 +198,14 @@ def test_roi_dropout_drops_whole_rois_in_training_only():
         CodeSummary(n_rois=2, embed_dim=8, roi_dropout=1.0)
     with pytest.raises(ValueError, match="summary_roi_dropout"):
         LMConfig(summary_roi_dropout=-0.1).validate()
+
+
+def test_scoring_turns_roi_dropout_off(tiny_lm_dir):
+    m = _model(tiny_lm_dir, summary_roi_dropout=0.5)
+    m.train()  # as after building or loading: scoring must not drop ROIs anyway
+    codes = _codes(4, seed=3)
+    first = m.score(codes, SEX)
+    assert torch.equal(first, m.score(codes, SEX))  # no random ROIs dropped
+    assert m.training and m.summary.training  # the caller's mode is restored
+    m.eval()
+    assert torch.allclose(first, m.score(codes, SEX), atol=1e-6)

@@ -381,8 +381,9 @@ class FMRILanguageModel(nn.Module):
         tasks = [self.task(t) if isinstance(t, str) else t for t in (tasks or self.tasks)]
         if len(codes) == 0:
             return {t.name: torch.zeros(0, len(t.answers)) for t in tasks}
-        was = self.lm.training
-        self.lm.eval()
+        # eval mode for every part that reads the window (LM dropout, the summary's ROI dropout)
+        was = self.training
+        self.eval()
         try:
             if method == "auto":
                 method = self._check_packed(codes[:1], tasks)
@@ -396,7 +397,7 @@ class FMRILanguageModel(nn.Module):
                 for k, v in res.items():
                     parts[k].append(v)
         finally:
-            self.lm.train(was)
+            self.train(was)
         return {
             t.name: torch.cat(parts[t.name]) if parts[t.name] else torch.zeros(0, len(t.answers))
             for t in tasks

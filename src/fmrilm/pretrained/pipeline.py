@@ -143,7 +143,7 @@ class Pipeline:
         if threads:
             torch.set_num_threads(int(threads))
         self.model = FMRILanguageModel.from_pretrained(self.folder)
-        self.model.lm.eval()
+        self.model.eval()
         release = self.folder / "release.json"
         self.release = json.loads(release.read_text()) if release.exists() else {}
         cfg = self.model.config

@@ -1,0 +1,98 @@
+"""Trained fMRI LMs on the validation split: the record a configuration is chosen by.
+
+    python -m benchmarks.lm_selection --store /tmp/fmrilm_abide_store \
+        --model summary_no_dropout=runs/lm_bench_v5/site_stratified/model \
+        --model summary_roi_dropout=runs/lm_bench_v6/site_stratified/model
+
+For each model, on the validation split of the scheme it was trained on (the test split is not
+read, so choosing among models by these figures leaves it untouched):
+
+- ``val_loss``: the mean answer-token loss on every validation window
+  (``fmrilm.lm.training.validation_loss``: the questions training validates on, seed 0);
+- ``val_metrics``: age MAE, sex and diagnosis AUC (``fmrilm.lm.evaluation.evaluate`` with
+  ``split="val"``), beside the trivial, site-only and FC (correlation) baselines of the same run.
+
+Writes ``benchmarks/results/lm_selection.json`` and one line in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.common import write_result
+
+
+def measure(model_dir: Path, store_path: Path) -> dict:
+    import torch
+
+    from fmrilm.data import open_store
+    from fmrilm.lm.evaluation import evaluate, flat_summary
+    from fmrilm.lm.model import FMRILanguageModel
+    from fmrilm.lm.training import encode_windows, scan_labels, validation_loss
+
+    torch.set_num_threads(1)
+    model = FMRILanguageModel.from_pretrained(model_dir)
+    store = open_store(store_path)
+    cfg = model.config
+    enc = encode_windows(
+        store,
+        model.fmri_tokenizer,
+        split="val",
+        scheme=cfg.scheme,
+        window_length=cfg.window_length,
+        stride=cfg.stride,
+    )
+    labels = scan_labels(store.table.reset_index(drop=True), model.tasks)
+    loss = validation_loss(model, enc["codes"], enc["scan_index"], labels)
+    summary = cfg.extra.get("train_summary") or {}
+    ev = evaluate(
+        model,
+        store,
+        split="val",
+        baselines=("trivial", "site", "connectivity_correlation"),
+        n_bootstrap=1000,
+    )
+    flat = flat_summary({"site_stratified": ev})  # unprefixed keys, here of the val split
+    keys = ("age_mae", "sex_auc", "diagnosis_auc")
+    return {
+        "val_metrics": {
+            who: {k: flat.get(f"{p}{k}") for k in keys}
+            for who, p in (("lm", ""), ("fc", "fc_"), ("site", "site_"), ("trivial", "trivial_"))
+        },
+        "n_val_subjects": ev["targets"]["age"]["n_eval_subjects"],
+        "model": str(model_dir),
+        "scheme": cfg.scheme,
+        "val_loss": loss,
+        "n_val_windows": int(len(enc["codes"])),
+        "global_step": summary.get("global_step"),
+        "kept": (summary.get("validation") or {}).get("kept", "last"),
+        "best_step": (summary.get("validation") or {}).get("best_step"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=MODEL_DIR")
+    ap.add_argument("--store", type=Path, default=Path("/tmp/fmrilm_abide_store"))
+    args = ap.parse_args(argv)
+    runs = {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--model expects NAME=MODEL_DIR, got {item!r}")
+        runs[name] = measure(Path(path), args.store)
+        print(name, runs[name], flush=True)
+    line = "; ".join(
+        f"{n} ({r['scheme']} val): loss {r['val_loss']:.4f}, age MAE "
+        f"{r['val_metrics']['lm']['age_mae']:.2f}, sex AUC {r['val_metrics']['lm']['sex_auc']:.2f}, "
+        f"dx AUC {r['val_metrics']['lm']['diagnosis_auc']:.2f}"
+        for n, r in runs.items()
+    )
+    write_result("lm_selection", {"runs": runs}, line)
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
