@@ -48,11 +48,10 @@ ABLATIONS = {
     # subspace rows and 3 questions, as first measured: the summary read the rows uncentred
     # (commit ece3b3f) and collapsed; not reproducible with the current code (kept as a record)
     "summary_uncentred_3_questions": {},
-    # the summary layout before ROI dropout and validation selection existed (commit 5426722):
-    # the last step's weights, no dropout
-    "summary_no_roi_dropout_keep_last": {
-        "model": {"summary_roi_dropout": 0.0},
-        "train": {"val_every_n_steps": None, "keep": "last"},
+    # ROI dropout 0.2 and the weights of the step with the lowest validation loss (step 200)
+    "summary_roi_dropout_best_val_loss": {
+        "model": {"summary_roi_dropout": 0.2},
+        "train": {"val_every_n_steps": 100, "keep": "best_val_loss"},
     },
     # the summary layout with the fMRI rows from random directions
     "summary_init_random": {"model": {"init": "random"}},
