@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import named_paths, write_result
 
 N_TOKENS = 4096
 
@@ -46,6 +46,7 @@ def measure(model_dir: Path, store: Path, seed: int = 0) -> dict:
     import torch
 
     from fmrilm.tokenizer import FMRITokenizer
+    from fmrilm.tokenizer.model import domain_accuracy
     from fmrilm.tokenizer.text_domain import build_text_domain
     from fmrilm.tokenizer.training import WindowDataModule
 
@@ -64,8 +65,7 @@ def measure(model_dir: Path, store: Path, seed: int = 0) -> dict:
     with torch.no_grad():
         vecs = model.code_vectors(codes)
         fa, ta = model.align_features(vecs), model.text_features(text)
-        lf, lt = model.discriminator(fa), model.discriminator(ta)
-        own = 0.5 * (float((lf > 0).float().mean()) + float((lt <= 0).float().mean()))
+        own = domain_accuracy(model.discriminator(fa), model.discriminator(ta))["accuracy"]
         lm = model.to_lm_space(vecs)
     return {
         "model": str(model_dir),
@@ -87,11 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     runs = {}
-    for item in args.run:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--run expects NAME=MODEL_DIR, got {item!r}")
-        runs[name] = measure(Path(path), args.store, args.seed)
+    for name, path in named_paths(args.run, "--run").items():
+        runs[name] = measure(path, args.store, args.seed)
         print(name, runs[name])
     line = "; ".join(
         f"{n}: own classifier {r['own_discriminator_accuracy']:.3f}, fresh probe "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import comma_list, write_result
 
 
 def histograms(codes: np.ndarray, scans: np.ndarray, rows: np.ndarray, rois, k: int):
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--only",
-        type=lambda v: [x for x in v.split(",") if x],
+        type=comma_list,
         default=None,
         help="comma-separated subset of the feature sets (default: all)",
     )

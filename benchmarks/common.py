@@ -15,6 +15,22 @@ RESULTS = REPO / "benchmarks" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"
 
 
+def comma_list(value: str) -> list[str]:
+    """argparse type: ``"a,b,,c"`` -> ``["a", "b", "c"]``."""
+    return [x for x in value.split(",") if x]
+
+
+def named_paths(items: list[str], flag: str) -> dict[str, Path]:
+    """``NAME=PATH`` command-line items as ``{name: path}``; exits naming ``flag`` otherwise."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"{flag} expects NAME=PATH, got {item!r}")
+        out[name] = Path(path)
+    return out
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size (MiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -37,7 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS, write_result
+from benchmarks.common import REPO, RESULTS, comma_list, named_paths, write_result
 
 ABLATIONS = {
     # the summary layout, rows from the tokenizer's alignment projector, 2 questions per window;
@@ -90,7 +90,7 @@ def jobs(args) -> list[dict]:
     import yaml
 
     base = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    tokenizers = dict(t.split("=", 1) for t in args.tokenizer)
+    tokenizers = named_paths(args.tokenizer, "--tokenizer")
     out = []
 
     def spec(name: str, scheme: str, override: dict, baselines) -> dict:
@@ -201,13 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument(
         "--ablations",
-        type=lambda v: [x for x in v.split(",") if x],
+        type=comma_list,
         default=None,
         help="comma-separated subset of the ablations (default: all)",
     )
     ap.add_argument(
         "--reevaluate",
-        type=lambda v: [x for x in v.split(",") if x],
+        type=comma_list,
         default=[],
         help="comma-separated finished jobs to evaluate again with the current evaluation code "
         "(their trained models and training times are kept)",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import named_paths, write_result
 
 
 def measure(model_dir: Path, store_path: Path) -> dict:
@@ -77,11 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", type=Path, default=Path("/tmp/fmrilm_abide_store"))
     args = ap.parse_args(argv)
     runs = {}
-    for item in args.model:
-        name, sep, path = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--model expects NAME=MODEL_DIR, got {item!r}")
-        runs[name] = measure(Path(path), args.store)
+    for name, path in named_paths(args.model, "--model").items():
+        runs[name] = measure(path, args.store)
         print(name, runs[name], flush=True)
     line = "; ".join(
         f"{n} ({r['scheme']} val): loss {r['val_loss']:.4f}, age MAE "

@@ -74,8 +74,28 @@ def test_realign_refuses_what_it_cannot_align(model, tiny_config):
         realign(model, random_text_domain(vocab=64, dim=LM_DIM + 1), RealignConfig(steps=1))
     with pytest.raises(ValueError, match="code_weights"):
         realign(model, random_text_domain(dim=LM_DIM), code_weights=torch.ones(3))
+    with pytest.raises(ValueError, match="code_weights"):
+        realign(model, random_text_domain(dim=LM_DIM), code_weights=-torch.ones(32))
+    with pytest.raises(ValueError, match="sum to zero"):
+        realign(model, random_text_domain(dim=LM_DIM), code_weights=torch.zeros(32))
     with pytest.raises(ValueError, match="cycle_weight"):
         realign(model, random_text_domain(dim=LM_DIM), RealignConfig(cycle_weight=-1))
+    with pytest.raises(ValueError, match="steps"):
+        realign(model, random_text_domain(dim=LM_DIM), RealignConfig(steps=0))
     tiny_config.align = False
     with pytest.raises(ValueError, match="without alignment"):
         realign(FMRITokenizer(tiny_config), random_text_domain(dim=LM_DIM))
+
+
+def test_cli_realign_needs_an_lm(model, tmp_path, capsys):
+    import argparse
+
+    from fmrilm.cli.tokenizer import add_parser
+
+    folder = model.save_pretrained(tmp_path / "tok")  # the tiny config records no LM
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(["tokenizer", "realign", "--model", str(folder), "--out", "o"])
+    assert args.run(args) == 2
+    assert "records no LM; pass --lm" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -187,6 +187,11 @@ def scan_labels(table, tasks: list[TaskSpec]) -> np.ndarray:
     return out
 
 
+def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens the loss is taken on: labels other than -100, after the one-token shift."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
 @torch.no_grad()
 def validation_loss(
     model: FMRILanguageModel,
@@ -218,7 +223,7 @@ def validation_loss(
     try:
         for s in range(0, ds.n, batch_size):
             batch = model.collate([ds[g] for g in range(s, min(ds.n, s + batch_size))])
-            n = float((batch["labels"][:, 1:] != -100).sum())
+            n = float(answer_tokens(batch))
             total += float(model(**batch).loss) * n
             count += n
     finally:
@@ -343,7 +348,7 @@ class LMTrainingModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         out = self.model(**batch)
         # weighted by answer tokens, so the epoch value is the mean loss per answer token
-        n_answer = int((batch["labels"][:, 1:] != -100).sum())
+        n_answer = answer_tokens(batch)
         self.log("val_loss", out.loss, on_epoch=True, batch_size=max(1, n_answer), sync_dist=True)
         return out.loss
 
@@ -596,27 +601,21 @@ def train(
 
     # 3. data, module, trainer
     bs = int(tcfg["batch_size"])
-    dataset = QADataset(
-        model,
-        enc["codes"],
-        enc["scan_index"],
-        labels,
-        batch_size=bs,
-        seed=seed,
-        questions_per_example=lm_config.questions_per_example,
-    )
-    val_dataset = None
-    if val_enc is not None:
-        # every validation window once, with fixed questions: the same examples at each check
-        val_dataset = QADataset(
+
+    def qa_dataset(windows: dict[str, np.ndarray]) -> QADataset:
+        return QADataset(
             model,
-            val_enc["codes"],
-            val_enc["scan_index"],
+            windows["codes"],
+            windows["scan_index"],
             labels,
             batch_size=bs,
             seed=seed,
             questions_per_example=lm_config.questions_per_example,
         )
+
+    dataset = qa_dataset(enc)
+    # every validation window once, with fixed questions: the same examples at each check
+    val_dataset = qa_dataset(val_enc) if val_enc is not None else None
     module = LMTrainingModule(model, tcfg)
     ckpt_path = find_resume_checkpoint(ckpt_dir) if resume else None
     (out_dir / "config.resolved.json").write_text(json.dumps(cfg, indent=2, default=str))

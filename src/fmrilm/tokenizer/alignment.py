@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from fmrilm.tokenizer.model import dann_lambda, grad_reverse
+from fmrilm.tokenizer.model import dann_lambda, domain_accuracy, grad_reverse
 
 __all__ = ["RealignConfig", "cycle_loss", "realign"]
 
@@ -83,12 +83,6 @@ def _reset(module: nn.Module, seed: int) -> None:
         for m in module.modules():
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
-
-
-def _balanced_accuracy(logits_fmri: torch.Tensor, logits_text: torch.Tensor) -> dict:
-    acc_f = float((logits_fmri > 0).float().mean())
-    acc_t = float((logits_text <= 0).float().mean())
-    return {"accuracy": 0.5 * (acc_f + acc_t), "accuracy_fmri": acc_f, "accuracy_text": acc_t}
 
 
 def realign(
@@ -186,7 +180,7 @@ def realign(
         p.requires_grad_(False)
     with torch.no_grad():
         text = out.text_features(text_domain.sample(k, "heldout", g))
-        disc = _balanced_accuracy(
+        disc = domain_accuracy(
             out.discriminator(out.align_features(codebook)), out.discriminator(text)
         )
         cycle_r2 = 1.0 - float(cycle_loss(inverse, out.align_features(codebook), codebook))

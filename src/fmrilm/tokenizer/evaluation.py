@@ -26,7 +26,7 @@ from einops import rearrange
 from sklearn.metrics import r2_score
 
 from fmrilm.baselines.reconstruction import GaussianConditional, linear_interpolation
-from fmrilm.tokenizer.model import FMRITokenizer, random_token_mask
+from fmrilm.tokenizer.model import FMRITokenizer, domain_accuracy, random_token_mask
 
 __all__ = ["evaluate_tokenizer", "fit_baseline_conditional", "regression_metrics"]
 
@@ -209,13 +209,11 @@ def evaluate_tokenizer(
         fv = torch.cat(fmri_vecs)
         fv = fv[torch.randperm(len(fv), generator=g)[:n_disc_samples]]
         tv = text_domain.sample(len(fv), "heldout", g)
-        lf = model.discriminator(model.align_features(fv))
-        lt = model.discriminator(model.text_features(tv))
-        acc_f = float((lf > 0).float().mean())
-        acc_t = float((lt <= 0).float().mean())
-        res["discriminator_accuracy"] = 0.5 * (acc_f + acc_t)
-        res["discriminator_accuracy_fmri"] = acc_f
-        res["discriminator_accuracy_text"] = acc_t
+        acc = domain_accuracy(
+            model.discriminator(model.align_features(fv)),
+            model.discriminator(model.text_features(tv)),
+        )
+        res.update({f"discriminator_{k}": v for k, v in acc.items()})
     else:
         res["discriminator_accuracy"] = None
     return res

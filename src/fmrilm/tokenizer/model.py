@@ -154,6 +154,16 @@ class Discriminator(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+def domain_accuracy(logits_fmri: torch.Tensor, logits_text: torch.Tensor) -> dict[str, float]:
+    """Balanced accuracy of a domain classifier (positive logit = fMRI): 0.5 = indistinguishable.
+
+    Returns ``{"accuracy", "accuracy_fmri", "accuracy_text"}``.
+    """
+    acc_f = float((logits_fmri > 0).float().mean())
+    acc_t = float((logits_text <= 0).float().mean())
+    return {"accuracy": 0.5 * (acc_f + acc_t), "accuracy_fmri": acc_f, "accuracy_text": acc_t}
+
+
 def build_quantizer(cfg: TokenizerConfig, sync_codebook: bool = False) -> VectorQuantize:
     return VectorQuantize(
         dim=cfg.code_dim,
