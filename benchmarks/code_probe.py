@@ -62,6 +62,25 @@ def roi_code_vectors(table, codes: np.ndarray, scans: np.ndarray, rows: np.ndarr
     return (out / np.maximum(counts, 1)[:, None, None]).reshape(len(rows), -1)
 
 
+def decoded_connectivity_features(tok, codes: np.ndarray, scans: np.ndarray, rows: np.ndarray):
+    """Per scan, the upper triangle of the mean decoded-signal connectivity over its windows."""
+    import torch
+
+    from fmrilm.lm.summary import decoded_connectivity
+
+    pos = {int(r): i for i, r in enumerate(rows)}
+    n_rois = codes.shape[1]
+    iu = np.triu_indices(n_rois, 1)
+    out = np.zeros((len(rows), len(iu[0])))
+    counts = np.zeros(len(rows))
+    for s in range(0, len(codes), 64):
+        z = decoded_connectivity(tok, torch.from_numpy(codes[s : s + 64].astype(np.int64)))
+        for zi, sc in zip(z.numpy()[:, iu[0], iu[1]], scans[s : s + 64], strict=True):
+            out[pos[int(sc)]] += zi
+            counts[pos[int(sc)]] += 1
+    return out / np.maximum(counts, 1)[:, None]
+
+
 def probe(xtr, xte, table, train_rows, test_rows, n_bootstrap: int) -> dict:
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
     from sklearn.pipeline import make_pipeline
@@ -140,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("code_histogram", "roi_code_vectors")
         for label, rois in (("all_200_rois", all_rois), ("compact_16_rois", compact))
     ]
+    sets.append(("decoded_connectivity", "decoded_connectivity", all_rois))
     if args.lm != "none":
         # the rows the shared vocabulary starts from (fmrilm.lm.vocab.extend_vocabulary)
         from fmrilm.lm.vocab import (
@@ -168,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = np.unique(e["scan_index"])
             if kind == "code_histogram":
                 x = histograms(e["codes"], e["scan_index"], rows, rois, cfg.codebook_size)
+            elif kind == "decoded_connectivity":
+                x = decoded_connectivity_features(tok, e["codes"], e["scan_index"], rows)
             else:
                 x = roi_code_vectors(tables[kind], e["codes"], e["scan_index"], rows, rois)
             feats[split] = (rows, x)

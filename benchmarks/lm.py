@@ -212,6 +212,18 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated finished jobs to evaluate again with the current evaluation code "
         "(their trained models and training times are kept)",
     )
+    ap.add_argument(
+        "--carry-ablations",
+        type=Path,
+        default=None,
+        help="an earlier results file whose ablations (and main configuration, as "
+        "previous_main_DATE) are kept in the new one, marked with their origin",
+    )
+    ap.add_argument(
+        "--result-name",
+        default="lm",
+        help="results file (benchmarks/results/NAME.json, tables in NAME_tables.md)",
+    )
     args = ap.parse_args(argv)
     if args.job is not None:
         print(json.dumps(run_job(json.loads(args.job.read_text()))))
@@ -231,6 +243,32 @@ def main(argv: list[str] | None = None) -> int:
     return summarize(specs, args, wall)
 
 
+def carried_ablations(path: Path, taken: set[str]) -> dict[str, dict]:
+    """The ablations of an earlier results file, each marked with where it was measured.
+
+    Lets a new main configuration keep the record of configurations that were run before (their
+    models need not exist any more). The earlier main configuration (its ``reference`` entry)
+    becomes ``previous_main_<date>`` and takes its ``heldout_sites_*`` figures along; entries
+    whose names this invocation measured again are not carried.
+    """
+    earlier = json.loads(Path(path).read_text())
+    origin = {"file": str(path), "commit": earlier.get("commit"), "date": earlier.get("date")}
+    out = {}
+    for name, entry in earlier.get("ablations", {}).items():
+        entry = {**entry, "carried_from": {**entry.get("carried_from", origin)}}
+        if name == "reference":
+            name = f"previous_main_{str(earlier.get('date', 'unknown'))[:10]}"
+            entry["heldout_sites"] = {
+                k.removeprefix("heldout_sites_"): v
+                for k, v in earlier.items()
+                if k.startswith("heldout_sites_")
+            }
+            entry["config"] = earlier.get("config", "configs/lm.yaml")
+        if name not in taken:
+            out[name] = entry
+    return out
+
+
 def summarize(specs: list[dict], args, wall: float) -> int:
     from fmrilm.lm.evaluation import summarize_runs
 
@@ -244,6 +282,8 @@ def summarize(specs: list[dict], args, wall: float) -> int:
     # thing of; list it among them so that the table compares like with like
     ablations = {"reference": results["site_stratified"], **ablations}
     out = summarize_runs(main_runs, ablations)
+    if args.carry_ablations:
+        out["ablations"].update(carried_ablations(args.carry_ablations, set(out["ablations"])))
     out["runs"] = {
         name: {
             "scheme": r["scheme"],
@@ -268,7 +308,7 @@ def summarize(specs: list[dict], args, wall: float) -> int:
         text = (Path(s["config"]["out_dir"]) / "results.txt").read_text()
         tables += [f"## {name}", "", "```", text.rstrip(), "```", ""]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "lm_tables.md").write_text("\n".join(tables))
+    (RESULTS / f"{args.result_name}_tables.md").write_text("\n".join(tables))
     for key in ("commit", "date", "machine"):
         out.pop(key, None)  # write_result records them
 
@@ -284,7 +324,9 @@ def summarize(specs: list[dict], args, wall: float) -> int:
         f"{args.max_steps} steps; parse failures {out.get('parse_failures')}; "
         f"jobs' wall time {out['jobs_wall_seconds_sum'] / 60:.0f} min, {args.parallel} at a time"
     )
-    path = write_result("lm", out, line)
+    config = Path(args.config).resolve()
+    out["config"] = str(config.relative_to(REPO) if config.is_relative_to(REPO) else config)
+    path = write_result(args.result_name, out, line)
     print(line)
     print(f"wrote {path}")
     return 0

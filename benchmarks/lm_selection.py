@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", required=True, metavar="NAME=MODEL_DIR")
     ap.add_argument("--store", type=Path, default=Path("/tmp/fmrilm_abide_store"))
+    ap.add_argument(
+        "--result-name", default="lm_selection", help="results file (benchmarks/results/NAME.json)"
+    )
     args = ap.parse_args(argv)
     runs = {}
     for name, path in named_paths(args.model, "--model").items():
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         f"dx AUC {r['val_metrics']['lm']['diagnosis_auc']:.2f}"
         for n, r in runs.items()
     )
-    write_result("lm_selection", {"runs": runs}, line)
+    write_result(args.result_name, {"runs": runs}, line)
     print(line)
     return 0
 

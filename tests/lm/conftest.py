@@ -109,6 +109,14 @@ class FakeFMRITokenizer(nn.Module):
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return self.table[codes]
 
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Windows (B, P * patch_length, R): each patch's level back, plus a fixed ROI ripple."""
+        b, r, p = codes.shape
+        level = (codes.float() - self.config.codebook_size // 2) / 2
+        x = level.repeat_interleave(self.config.patch_length, dim=2).transpose(1, 2)
+        t = torch.arange(x.shape[1], dtype=torch.float32)[:, None]
+        return x + 0.1 * torch.sin(t * torch.arange(1, r + 1, dtype=torch.float32) / 3)
+
     def code_embeddings_for_lm(self) -> torch.Tensor:
         return self.table.detach()
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from einops import reduce
 
 from fmrilm.lm import LAYOUTS, FMRILanguageModel, LMConfig, TaskSpec, TokenLayout
-from fmrilm.lm.summary import CodeSummary
+from fmrilm.lm.summary import CodeSummary, decoded_connectivity
 
 from .conftest import FakeFMRITokenizer, tiny_config
 
@@ -209,3 +209,55 @@ def test_scoring_turns_roi_dropout_off(tiny_lm_dir):
     assert m.training and m.summary.training  # the caller's mode is restored
     m.eval()
     assert torch.allclose(first, m.score(codes, SEX), atol=1e-6)
+
+
+def test_decoded_connectivity_is_the_fisher_z_correlation_of_the_decoded_codes(fake_tokenizer):
+    codes = _codes(3, seed=2)
+    z = decoded_connectivity(fake_tokenizer, codes)
+    assert z.shape == (3, 6, 6) and not z.requires_grad
+    for b in range(3):
+        windows = fake_tokenizer.decode(codes[b : b + 1])[0].double()
+        corr = torch.corrcoef(windows.T).clamp(-0.999, 0.999)
+        expected = torch.atanh(corr) * (1 - torch.eye(6, dtype=torch.float64))
+        assert torch.allclose(z[b].double(), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="decode"):
+        decoded_connectivity(object(), codes)
+
+
+def test_connectivity_branch_reads_the_connectivity_and_checks_it():
+    torch.manual_seed(0)
+    summary = CodeSummary(n_rois=5, embed_dim=8, n_tokens=2, roi_dim=3, connectivity_dim=2)
+    assert summary.projector.norm.normalized_shape == (5 * (3 + 2),)
+    rows, conn = torch.randn(4, 5, 7, 8), torch.randn(4, 5, 5)
+    out = summary(rows, conn)
+    assert out.shape == (4, 2, 8)
+    assert not torch.allclose(out, summary(rows, conn.flip(0)))  # the output depends on it
+    out.sum().backward()
+    assert summary.reduce_connectivity.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"connectivity must be \(B, R, R\)"):
+        summary(rows)
+    with pytest.raises(ValueError, match=r"connectivity must be \(B, R, R\)"):
+        summary(rows, torch.randn(4, 5, 4))
+    with pytest.raises(ValueError, match="connectivity_dim"):
+        CodeSummary(n_rois=5, embed_dim=8, connectivity_dim=-1)
+    with pytest.raises(ValueError, match="summary_connectivity_dim"):
+        LMConfig(summary_connectivity_dim=-1).validate()
+    off = CodeSummary(n_rois=5, embed_dim=8, n_tokens=2, roi_dim=3)
+    assert off.reduce_connectivity is None and off.projector.norm.normalized_shape == (15,)
+
+
+def test_connectivity_model_trains_saves_and_needs_its_tokenizer(tiny_lm_dir, tmp_path):
+    m = _model(tiny_lm_dir, summary_connectivity_dim=2)
+    codes = _codes(4, seed=1)
+    batch = m.collate([(*m.example(codes[i], [(SEX, i % 2)]), codes[i]) for i in range(4)])
+    m(**batch).loss.backward()
+    assert m.summary.reduce_connectivity.weight.grad.abs().sum() > 0
+    before = m.score(codes, SEX)
+    loaded = FMRILanguageModel.from_pretrained(
+        m.save_pretrained(tmp_path / "m"), fmri_tokenizer=FakeFMRITokenizer()
+    )
+    assert loaded.config.summary_connectivity_dim == 2
+    assert torch.allclose(before, loaded.score(codes, SEX), atol=1e-5)
+    object.__setattr__(loaded, "fmri_tokenizer", None)
+    with pytest.raises(ValueError, match="needs the fMRI tokenizer"):
+        loaded.score(codes, SEX)

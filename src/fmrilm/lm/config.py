@@ -46,6 +46,9 @@ class LMConfig:
         reduced to (:class:`fmrilm.lm.summary.CodeSummary`).
     summary_roi_dropout : float
         Summary layout: probability of dropping a whole ROI's row in training.
+    summary_connectivity_dim : int
+        Summary layout: numbers read from each ROI's connectivity profile in the signal decoded
+        from the window's codes (0: off; needs an fMRI tokenizer with ``decode``).
     init : str
         Initialisation of the new token rows: ``"codebook"`` (the tokenizer's codebook projected
         into the LM embedding space by its alignment projector, rescaled to the mean norm of the
@@ -83,6 +86,7 @@ class LMConfig:
     summary_tokens: int = 4
     summary_roi_dim: int = 32
     summary_roi_dropout: float = 0.0
+    summary_connectivity_dim: int = 0
     init: str = "codebook"
     finetune: str = "lora"
     lora_r: int = 8
@@ -104,6 +108,10 @@ class LMConfig:
         if not 0.0 <= self.summary_roi_dropout < 1.0:
             raise ValueError(
                 f"summary_roi_dropout must be in [0, 1), got {self.summary_roi_dropout}"
+            )
+        if self.summary_connectivity_dim < 0:
+            raise ValueError(
+                f"summary_connectivity_dim must be >= 0, got {self.summary_connectivity_dim}"
             )
         if self.init not in ("codebook", "subspace", "random"):
             raise ValueError(f"init must be 'codebook', 'subspace' or 'random', got {self.init!r}")

@@ -34,7 +34,7 @@ from torch import nn
 
 from fmrilm.lm.config import LMConfig
 from fmrilm.lm.layouts import TokenLayout
-from fmrilm.lm.summary import CodeSummary
+from fmrilm.lm.summary import CodeSummary, decoded_connectivity
 from fmrilm.lm.tasks import TaskSpec
 from fmrilm.lm.vocab import (
     FMRIVocabulary,
@@ -97,6 +97,7 @@ class FMRILanguageModel(nn.Module):
                     config.summary_tokens,
                     config.summary_roi_dim,
                     config.summary_roi_dropout,
+                    config.summary_connectivity_dim,
                 )
         self.tasks = [TaskSpec.from_dict(t) for t in config.tasks]
         self._text_cache: dict[Any, Any] = {}  # text ids and answer tries
@@ -293,7 +294,15 @@ class FMRILanguageModel(nn.Module):
         # features and the projector's LayerNorm
         table = embed(self.vocab.code_ids.to(input_ids.device))  # (K, D)
         table = table - table.mean(0)
-        summary = self.summary(table[codes.long().to(input_ids.device)])  # (B, n, D)
+        codes = codes.long().to(input_ids.device)
+        connectivity = None
+        if self.summary.connectivity_dim:
+            if self.fmri_tokenizer is None:
+                raise ValueError(
+                    "summary_connectivity_dim > 0 needs the fMRI tokenizer (to decode the codes)"
+                )
+            connectivity = decoded_connectivity(self.fmri_tokenizer, codes)
+        summary = self.summary(table[codes], connectivity)  # (B, n, D)
         inputs = embed(input_ids)
         return {"inputs_embeds": inputs.masked_scatter(slots[..., None], summary.to(inputs.dtype))}
 
