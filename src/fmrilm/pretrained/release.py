@@ -262,6 +262,7 @@ def build_release(
     tok_eval: dict | None = None,
     example_scan_id: str = EXAMPLE_SCAN_ID,
     example_path: str | Path = EXAMPLE_SCAN,
+    float16: bool = True,
 ) -> dict:
     """Copy ``model_dir`` to ``out`` and write ``release.json`` and the model cards.
 
@@ -282,6 +283,10 @@ def build_release(
     example_scan_id, example_path
         A bundled sample scan of the test split, written as C-PAC ``.1D`` text to
         ``example_path``.
+    float16 : bool, default=True
+        Ship the LM's trainable weights (LoRA, fMRI rows, summary) in float16, half the size;
+        they are loaded back into float32. ``benchmarks.release`` checks that the card's figures,
+        measured with the float32 weights, are reproduced at the precision the card prints.
     """
     from fmrilm.data import open_store
     from fmrilm.provenance import commit, utc_now
@@ -294,6 +299,8 @@ def build_release(
     shutil.copytree(
         model_dir, tmp, ignore=shutil.ignore_patterns("checkpoints", "*.ckpt", "README.md")
     )
+    if float16:
+        _halve(tmp / "trainable.safetensors")
     pipe = Pipeline(tmp)
     cfg = pipe.model.config
     summary = cfg.extra.get("train_summary") or {}
@@ -314,6 +321,7 @@ def build_release(
             "lora_r": cfg.lora_r,
             "train_seconds": float(summary.get("train_seconds") or 0.0),
         },
+        "weights_dtype": "float16" if float16 else "float32",
         "metrics": _metrics(lm_results),
         "lm_results_commit": lm_results.get("commit"),
         "limits": limits or [],
@@ -359,6 +367,20 @@ def build_release(
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return release
+
+
+def _halve(path: Path) -> None:
+    """Rewrite a safetensors file with its float32 tensors in float16."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: float16 shipping needs the LoRA weights file")
+    state = load_file(str(path))
+    save_file(
+        {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}, str(path)
+    )
+    path.chmod(0o644)  # as the copied files, not the writer's private temporary mode
 
 
 def _plain(answers: dict) -> dict:
