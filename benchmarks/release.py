@@ -100,9 +100,8 @@ def card_check(pipe, store: Path) -> dict:
         "recomputed": {k: flat.get(k) for k in card},
         "max_abs_difference": max(diffs.values()) if diffs else None,
         # the card prints 3 decimals; float16 weights must not change a printed figure
-        "equal_to_card": bool(diffs) and all(
-            round(card[k]["fmrilm"]["value"], 3) == round(flat[k], 3) for k in diffs
-        ),
+        "equal_to_card": bool(diffs)
+        and all(round(card[k]["fmrilm"]["value"], 3) == round(flat[k], 3) for k in diffs),
         "parse_failures": res["parse_failures"],
     }
 

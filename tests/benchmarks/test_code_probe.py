@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from benchmarks.code_probe import decoded_connectivity_features
 from torch import nn
 
-from benchmarks.code_probe import decoded_connectivity_features
 from fmrilm.lm.summary import decoded_connectivity
 
 

@@ -377,9 +377,7 @@ def _halve(path: Path) -> None:
     if not path.exists():
         raise FileNotFoundError(f"{path}: float16 shipping needs the LoRA weights file")
     state = load_file(str(path))
-    save_file(
-        {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}, str(path)
-    )
+    save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}, str(path))
     path.chmod(0o644)  # as the copied files, not the writer's private temporary mode
 
 
