@@ -40,6 +40,9 @@ from pathlib import Path
 from benchmarks.common import REPO, RESULTS, comma_list, named_paths, write_result
 
 ABLATIONS = {
+    # the summary without its decoded-connectivity branch: the main configuration until
+    # 2026-12-01, measured then as the main run (lm.json: ablations.previous_main_2026-12-01)
+    "summary_without_connectivity": {"model": {"summary_connectivity_dim": 0}},
     # the summary layout, rows from the tokenizer's alignment projector, 2 questions per window;
     # as measured, the rows were read uncentred (commit ece3b3f)
     "summary_init_codebook_2_questions": {
