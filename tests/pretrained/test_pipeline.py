@@ -165,3 +165,16 @@ def test_a_csv_of_another_model_is_not_continued(tiny_release, tmp_path):
     out.write_text("scan_id,age\nx,3\n")
     with pytest.raises(ValueError, match="other columns"):
         Pipeline(tiny_release["folder"]).predict_store(tiny_release["store"], out, progress=False)
+
+
+def test_release_ships_float16_weights_and_refuses_a_folder_without_them(tiny_release, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from fmrilm.pretrained.release import _halve
+
+    assert tiny_release["release"]["weights_dtype"] == "float16"
+    shipped = load_file(str(tiny_release["folder"] / "trainable.safetensors"))
+    assert shipped and all(v.dtype == torch.float16 for v in shipped.values())
+    with pytest.raises(FileNotFoundError, match="float16 shipping needs the LoRA weights file"):
+        _halve(tmp_path / "trainable.safetensors")
