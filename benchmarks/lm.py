@@ -251,8 +251,9 @@ def carried_ablations(path: Path, taken: set[str]) -> dict[str, dict]:
 
     Lets a new main configuration keep the record of configurations that were run before (their
     models need not exist any more). The earlier main configuration (its ``reference`` entry)
-    becomes ``previous_main_<date>`` and takes its ``heldout_sites_*`` figures along; entries
-    whose names this invocation measured again are not carried.
+    becomes ``previous_main_<date>`` (``previous_main_<date>_<commit>`` when that name is taken)
+    and takes its ``heldout_sites_*`` figures along; entries whose names this invocation measured
+    again are not carried.
     """
     earlier = json.loads(Path(path).read_text())
     origin = {"file": str(path), "commit": earlier.get("commit"), "date": earlier.get("date")}
@@ -261,6 +262,8 @@ def carried_ablations(path: Path, taken: set[str]) -> dict[str, dict]:
         entry = {**entry, "carried_from": {**entry.get("carried_from", origin)}}
         if name == "reference":
             name = f"previous_main_{str(earlier.get('date', 'unknown'))[:10]}"
+            if name in earlier.get("ablations", {}) or name in taken:
+                name = f"{name}_{earlier.get('commit')}"
             entry["heldout_sites"] = {
                 k.removeprefix("heldout_sites_"): v
                 for k, v in earlier.items()

@@ -31,3 +31,20 @@ def test_carried_ablations_keep_their_origin_and_the_earlier_main_run(tmp_path):
     assert main["carried_from"]["commit"] == "abc123"
     assert out["init_random"]["carried_from"]["date"] == "2026-12-01T06:28:29Z"
     assert out["older"]["carried_from"]["commit"] == "0ld"  # the first origin is kept
+
+
+def test_a_second_main_change_on_the_same_day_keeps_both_earlier_mains(tmp_path):
+    earlier = {
+        "commit": "def456",
+        "date": "2026-12-01T10:00:00Z",
+        "ablations": {
+            "reference": {"age_mae": 2.94},
+            "previous_main_2026-12-01": {"age_mae": 2.95, "carried_from": {"commit": "abc123"}},
+        },
+    }
+    path = tmp_path / "lm.json"
+    path.write_text(json.dumps(earlier))
+    out = carried_ablations(path, taken={"reference"})
+    assert set(out) == {"previous_main_2026-12-01", "previous_main_2026-12-01_def456"}
+    assert out["previous_main_2026-12-01_def456"]["age_mae"] == 2.94
+    assert out["previous_main_2026-12-01"]["age_mae"] == 2.95

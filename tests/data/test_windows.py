@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fmrilm.data import WindowDataset, build_store, window_starts
+from fmrilm.data import WindowDataset, build_store, window_spans, window_starts
 from tests.conftest import make_record, synthetic_records
 
 
@@ -13,6 +13,17 @@ def test_window_starts():
     assert window_starts(3, 4, 1).tolist() == []
     with pytest.raises(ValueError, match="must be >= 1"):
         window_starts(10, 0, 1)
+
+
+def test_window_spans_give_short_scans_one_whole_patch_window():
+    assert window_spans(11, 4, 3).tolist() == [[0, 4], [3, 4], [6, 4], [7, 4]]
+    assert window_spans(3, 4, 1).tolist() == []  # no minimum: short scans have none
+    assert window_spans(78, 160, 80, min_length=60, length_multiple=20).tolist() == [[0, 60]]
+    assert window_spans(146, 160, 80, min_length=60, length_multiple=20).tolist() == [[0, 140]]
+    assert window_spans(59, 160, 80, min_length=60, length_multiple=20).tolist() == []
+    # whole patches only: 79 points give 60, and 60 is enough
+    assert window_spans(79, 160, 80, min_length=60, length_multiple=20).tolist() == [[0, 60]]
+    assert window_spans(79, 160, 80, min_length=80, length_multiple=20).tolist() == []
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +70,23 @@ def test_dataloader_with_workers(store):
     batches = list(DataLoader(ds, batch_size=8, num_workers=2))
     assert sum(len(b["window"]) for b in batches) == len(ds)
     assert batches[0]["window"].shape == (8, 16, 6)
+
+
+def test_short_scan_gives_one_short_window(store):
+    ds = WindowDataset(
+        store, split=None, window_length=16, stride=8, min_length=8, length_multiple=4
+    )
+    assert ds.n_scans_without_window == 0 and ds.n_short_windows == 1
+    short = [i for i in range(len(ds)) if ds.index[i, 0] == 0]
+    assert len(short) == 1 and ds.index[short[0]].tolist() == [0, 0, 8]
+    item = ds[short[0]]
+    np.testing.assert_allclose(
+        item["window"].numpy(), store.scaler().transform(store.timeseries(0)), rtol=1e-5, atol=1e-6
+    )
+    assert len(ds) == 17 * 4 + 1
+
+
+@pytest.mark.parametrize("min_length", [2, 17])
+def test_min_length_outside_patch_and_window_is_refused(store, min_length):
+    with pytest.raises(ValueError, match="min_length must be between"):
+        WindowDataset(store, window_length=16, stride=8, min_length=min_length, length_multiple=4)

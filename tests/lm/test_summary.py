@@ -261,3 +261,53 @@ def test_connectivity_model_trains_saves_and_needs_its_tokenizer(tiny_lm_dir, tm
     object.__setattr__(loaded, "fmri_tokenizer", None)
     with pytest.raises(ValueError, match="needs the fMRI tokenizer"):
         loaded.score(codes, SEX)
+
+
+def test_a_padded_short_window_is_read_from_its_own_patches(tiny_lm_dir, fake_tokenizer):
+    """PAD_CODE patches change neither the pooled rows nor the decoded connectivity."""
+    from fmrilm.lm.summary import PAD_CODE, valid_patches
+
+    codes = _codes(3, seed=4)
+    padded = codes.clone()
+    padded[1, :, 2:] = PAD_CODE  # the second window has 2 of 4 patches
+    assert valid_patches(padded).tolist() == [4, 2, 4]
+    z = decoded_connectivity(fake_tokenizer, padded)
+    torch.testing.assert_close(z[1], decoded_connectivity(fake_tokenizer, codes[1:2, :, :2])[0])
+    torch.testing.assert_close(z[[0, 2]], decoded_connectivity(fake_tokenizer, codes[[0, 2]]))
+
+    summary = CodeSummary(n_rois=6, embed_dim=5, n_tokens=2, roi_dim=3)
+    rows = torch.randn(3, 6, 4, 5)
+    out = summary(rows, n_patches=torch.tensor([4, 2, 4]))
+    torch.testing.assert_close(out[1], summary(rows[1:2, :, :2])[0])
+    torch.testing.assert_close(out[[0, 2]], summary(rows[[0, 2]]))
+
+    model = _model(tiny_lm_dir, summary_connectivity_dim=2)
+    ids = model.layout.token_ids(padded, model.vocab)
+    alone = model.lm_inputs(ids[1:2], codes[1:2, :, :2])  # the window without its padding
+    both = model.lm_inputs(ids, padded)
+    torch.testing.assert_close(both["inputs_embeds"][1], alone["inputs_embeds"][0])
+
+
+@pytest.mark.parametrize(
+    "where", [(0, slice(0, 3), slice(2, 4)), (0, slice(None), slice(0, 1)), (0, slice(None), ...)]
+)
+def test_padding_must_fill_whole_trailing_patches(where):
+    from fmrilm.lm.summary import PAD_CODE, valid_patches
+
+    codes = _codes(2)
+    codes[where] = PAD_CODE  # some ROIs only / a leading patch / every patch
+    with pytest.raises(ValueError, match="padd"):
+        valid_patches(codes)
+
+
+def test_token_layouts_refuse_padded_codes(tiny_lm_dir):
+    from fmrilm.lm.summary import PAD_CODE
+
+    codes = _codes(1)
+    codes[..., 3] = PAD_CODE
+    layout = TokenLayout("roi_major", n_rois=6, n_patches=4)
+    model = _model(tiny_lm_dir)
+    with pytest.raises(ValueError, match="summary layout only"):
+        layout.token_ids(codes, model.vocab)
+    with pytest.raises(ValueError, match="only the summary layout"):
+        LMConfig(layout="compact", window_length=160, min_window_length=60).validate()

@@ -254,3 +254,31 @@ def test_best_val_loss_needs_validation(sample_store, tiny_lm_dir, tmp_path):
         train(
             _config(sample_store, tiny_lm_dir, tmp_path, keep="best"), fmri_tokenizer=_tokenizer()
         )
+
+
+def test_short_scans_are_read_from_one_shorter_window(sample_store, tiny_lm_dir, tmp_path):
+    """Scans shorter than a window (KKI, OHSU in the sample) train and get answers."""
+    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "short", steps=2)
+    cfg["model"].update({"layout": "summary", "summary_connectivity_dim": 2})
+    cfg["data"] = {"min_window_length": 60}
+    res = train(cfg, fmri_tokenizer=_tokenizer())
+    assert res["n_scans_without_window"] == 0 and res["n_short_windows"] > 0
+    model = res["model"]
+    assert model.config.min_window_length == 60
+    ev = evaluate(model, sample_store, n_bootstrap=0, baselines=("trivial",))
+    assert ev["n_scans_without_window"] == 0 and ev["n_short_windows"] > 0
+    assert ev["parse_failures"] == 0
+    n_test = len(sample_store.split_indices("site_stratified")["test"])
+    assert ev["targets"]["age"]["n_eval_scans"] == n_test  # every test scan answered
+    raw = sample_store.timeseries(0)
+    short = predict_scan(model, raw[:78], "age")  # 3 whole patches
+    assert short["n_windows"] == 1 and not short["parse_failure"]
+    with pytest.raises(ValueError, match="fewer than one window"):
+        predict_scan(model, raw[:59], "age")
+
+
+def test_short_windows_need_the_summary_layout(sample_store, tiny_lm_dir, tmp_path):
+    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "refused", steps=1)
+    cfg["data"] = {"min_window_length": 60}  # the compact layout reads the codes themselves
+    with pytest.raises(ValueError, match="only the summary layout"):
+        train(cfg, fmri_tokenizer=_tokenizer())

@@ -52,6 +52,18 @@ def test_too_short_and_mostly_flat_scans_are_refused():
         check_scan(np.zeros(500), EXPECTS)
 
 
+def test_a_model_that_reads_short_scans_takes_them_with_a_warning():
+    expects = {**EXPECTS, "min_window_length": 60, "patch_length": 20}
+    ok = check_scan(_scan(t=78), expects, tr=2.0)
+    assert ok.n_windows == 1
+    assert ok.warnings == [
+        "78 time points, shorter than one 160-point window: answered from one 60-point "
+        "window, with less data than most training scans"
+    ]
+    with pytest.raises(ScanRefused, match="59 time points, fewer than one window \\(60 points"):
+        check_scan(_scan(t=59), expects)
+
+
 def test_readable_but_unusual_scans_get_warnings():
     x = _scan()
     x[:, :3] = 0.0

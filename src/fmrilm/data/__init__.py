@@ -5,7 +5,7 @@ from fmrilm.data.scaling import RobustScaler
 from fmrilm.data.splits import SplitConfig
 from fmrilm.data.store import DatasetStore, StoreMetadata, build_store, open_store
 from fmrilm.data.validation import IngestPolicy
-from fmrilm.data.windows import WindowDataset, window_starts
+from fmrilm.data.windows import WindowDataset, window_spans, window_starts
 
 __all__ = [
     "DatasetStore",
@@ -19,5 +19,6 @@ __all__ = [
     "WindowDataset",
     "build_store",
     "open_store",
+    "window_spans",
     "window_starts",
 ]

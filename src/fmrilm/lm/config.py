@@ -31,6 +31,10 @@ class LMConfig:
         Shape (R, P) of a window's codes.
     window_length, stride : int
         Window length and stride in time points (scans longer than a window give several).
+    min_window_length : int or None
+        A scan shorter than ``window_length`` with at least this many points is answered from one
+        window of its whole patches (summary layout only; 27% of ABIDE's scans are shorter than
+        160 points). None: such scans have no window and no answer.
     layout : str
         ``"roi_major"``, ``"time_major"``, ``"compact"`` or ``"summary"`` (see
         :mod:`fmrilm.lm.layouts`).
@@ -79,6 +83,7 @@ class LMConfig:
     n_patches: int = 8
     window_length: int = 160
     stride: int = 80
+    min_window_length: int | None = None
     layout: str = "compact"
     layout_rois: list[int] | None = None
     compact_rois: int = 16
@@ -113,6 +118,17 @@ class LMConfig:
             raise ValueError(
                 f"summary_connectivity_dim must be >= 0, got {self.summary_connectivity_dim}"
             )
+        if self.min_window_length is not None:
+            if not 1 <= self.min_window_length <= self.window_length:
+                raise ValueError(
+                    f"min_window_length must be in [1, window_length={self.window_length}], "
+                    f"got {self.min_window_length}"
+                )
+            if self.min_window_length < self.window_length and self.layout != "summary":
+                raise ValueError(
+                    f"only the summary layout reads windows shorter than {self.window_length} "
+                    f"points; the {self.layout!r} layout needs min_window_length: null"
+                )
         if self.init not in ("codebook", "subspace", "random"):
             raise ValueError(f"init must be 'codebook', 'subspace' or 'random', got {self.init!r}")
         if self.finetune not in ("lora", "full"):

@@ -110,6 +110,7 @@ def predict_store(
         scheme=scheme,
         window_length=model.config.window_length,
         stride=model.config.stride,
+        min_window_length=model.config.min_window_length,
     )
     t_enc = time.time() - t0
     chosen = [model.task(n) for n in tasks] if tasks else model.tasks
@@ -123,6 +124,7 @@ def predict_store(
         "answers": answers,
         "n_windows": int(len(codes)),
         "n_scans_without_window": int(enc["n_scans_without_window"]),
+        "n_short_windows": int(enc["n_short_windows"]),
         "encode_seconds": t_enc,
         "score_seconds": t_score,
         "scans_per_second": len(rows) / max(1e-9, t_enc + t_score),
@@ -308,6 +310,8 @@ def evaluate(
             },
             "parse_failures": int(parse_failures),
             "n_scans_without_window": pred["n_scans_without_window"],
+            "n_short_windows": pred["n_short_windows"],
+            "min_window_length": model.config.min_window_length,
             "n_windows": pred["n_windows"],
             "lm_eval_seconds": pred["encode_seconds"] + pred["score_seconds"],
             "lm_scans_per_second": pred["scans_per_second"],
@@ -532,7 +536,8 @@ def format_results(results: dict[str, Any]) -> str:
         f"LM: {m.get('base_model')} ({m.get('finetune')}, init {m.get('init')}, layout "
         f"{m.get('layout', {}).get('kind')} {m.get('layout', {}).get('tokens_per_window')} "
         f"tokens/window); parse failures: {results.get('parse_failures')}; scans too short "
-        f"for a window: {results.get('n_scans_without_window')}; "
+        f"for a window: {results.get('n_scans_without_window')}; answered from one shorter "
+        f"window: {results.get('n_short_windows', 0)}; "
         f"{results.get('lm_scans_per_second', 0):.2f} scans/s"
     )
     for name, t in results.get("targets", {}).items():
@@ -608,7 +613,8 @@ def answer_scan(
         numbers ``value`` and a 90% ``interval``; ``n_windows``, ``parse_failure``,
         ``question``.
     """
-    from fmrilm.data.windows import window_starts
+    from fmrilm.data.windows import window_spans
+    from fmrilm.lm.training import encode_window_list
 
     if isinstance(timeseries, (str, Path)):
         from fmrilm.data.readers import read_timeseries
@@ -619,12 +625,21 @@ def answer_scan(
         raise ValueError(f"expected a (T, {model.config.n_rois}) series, got shape {x.shape}")
     if not scaled:
         x = scale_scan(x, model.config.extra.get("scaler"))
-    wl = model.config.window_length
-    starts = window_starts(len(x), wl, model.config.stride)
-    if len(starts) == 0:
-        raise ValueError(f"the scan has {len(x)} time points, fewer than one window ({wl})")
-    windows = torch.from_numpy(np.stack([x[s : s + wl] for s in starts]))
-    codes = model.encode_windows(windows)
+    cfg = model.config
+    wl, shortest = cfg.window_length, cfg.min_window_length
+    patch = wl // cfg.n_patches
+    spans = window_spans(len(x), wl, cfg.stride, shortest, patch)
+    if len(spans) == 0:
+        raise ValueError(
+            f"the scan has {len(x)} time points, fewer than one window ({shortest or wl} in "
+            f"whole {patch}-point patches)"
+        )
+    if model.fmri_tokenizer is None:
+        raise ValueError("this model has no fMRI tokenizer to encode windows with")
+    windows = [torch.from_numpy(np.ascontiguousarray(x[s : s + n])) for s, n in spans]
+    codes = torch.from_numpy(
+        encode_window_list(model.fmri_tokenizer, windows, cfg.n_patches).astype(np.int64)
+    )
     chosen = [model.task(n) for n in tasks] if tasks else list(model.tasks)
     scores = model.score_tasks(codes, chosen, batch_size=batch_size)
     out = {}

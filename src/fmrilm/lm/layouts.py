@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fmrilm.lm.summary import PAD_CODE
+
 __all__ = ["TokenLayout", "LAYOUTS", "compute_budget"]
 
 LAYOUTS = ("roi_major", "time_major", "compact", "summary")
@@ -109,7 +111,8 @@ class TokenLayout:
         Parameters
         ----------
         codes : LongTensor of shape (B, R, P) or (R, P)
-            Codes in ``[0, K)``.
+            Codes in ``[0, K)``; the summary layout also reads :data:`~fmrilm.lm.summary.PAD_CODE`
+            (the patches a short window lacks).
         vocab : FMRIVocabulary
             Ids of the code and delimiter tokens (:func:`fmrilm.lm.vocab.extend_vocabulary`).
 
@@ -126,8 +129,13 @@ class TokenLayout:
                 f"{tuple(codes.shape)}"
             )
         codes = codes.long()
-        if codes.numel() and (codes.min() < 0 or codes.max() >= len(vocab.code_ids)):
-            raise ValueError(f"codes outside [0, {len(vocab.code_ids)})")
+        lowest = PAD_CODE if self.kind == "summary" else 0
+        if codes.numel() and (codes.min() < lowest or codes.max() >= len(vocab.code_ids)):
+            why = " (padded short windows are read by the summary layout only)"
+            raise ValueError(
+                f"codes outside [0, {len(vocab.code_ids)})"
+                + (why if int(codes.min()) == PAD_CODE else "")
+            )
         if self.kind == "summary":  # placeholders: the model writes their input vectors
             b = codes.shape[0]
             ids = torch.full((b, self.n_tokens), vocab.roi_sep_id, dtype=torch.long)

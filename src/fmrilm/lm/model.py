@@ -34,7 +34,7 @@ from torch import nn
 
 from fmrilm.lm.config import LMConfig
 from fmrilm.lm.layouts import TokenLayout
-from fmrilm.lm.summary import CodeSummary, decoded_connectivity
+from fmrilm.lm.summary import CodeSummary, decoded_connectivity, valid_patches
 from fmrilm.lm.tasks import TaskSpec
 from fmrilm.lm.vocab import (
     FMRIVocabulary,
@@ -302,7 +302,9 @@ class FMRILanguageModel(nn.Module):
                     "summary_connectivity_dim > 0 needs the fMRI tokenizer (to decode the codes)"
                 )
             connectivity = decoded_connectivity(self.fmri_tokenizer, codes)
-        summary = self.summary(table[codes], connectivity)  # (B, n, D)
+        # a short window's missing patches (PAD_CODE) are read as row 0 and left out of the mean
+        n_patches = valid_patches(codes)
+        summary = self.summary(table[codes.clamp_min(0)], connectivity, n_patches)  # (B, n, D)
         inputs = embed(input_ids)
         return {"inputs_embeds": inputs.masked_scatter(slots[..., None], summary.to(inputs.dtype))}
 
@@ -335,17 +337,6 @@ class FMRILanguageModel(nn.Module):
         return name in inspect.signature(self.base_model.forward).parameters
 
     # ==================================================================== 3. scoring
-    def encode_windows(self, windows: torch.Tensor) -> torch.Tensor:
-        """Codes ``(B, R, P)`` of scaled windows ``(B, L, R)`` with the fMRI tokenizer."""
-        if self.fmri_tokenizer is None:
-            raise ValueError("this model has no fMRI tokenizer to encode windows with")
-        try:
-            device = next(self.fmri_tokenizer.parameters()).device
-        except (AttributeError, StopIteration):
-            device = windows.device
-        with torch.no_grad():
-            return self.fmri_tokenizer.encode(windows.to(device)).long().cpu()
-
     @torch.no_grad()
     def score(
         self, codes: torch.Tensor, task: TaskSpec | str, batch_size: int = 8, method: str = "auto"

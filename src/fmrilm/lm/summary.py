@@ -36,7 +36,28 @@ import torch
 from einops import rearrange, reduce
 from torch import nn
 
-__all__ = ["PrefixProjector", "CodeSummary", "decoded_connectivity"]
+__all__ = ["PAD_CODE", "PrefixProjector", "CodeSummary", "decoded_connectivity", "valid_patches"]
+
+PAD_CODE = -1
+"""Code of the time patches a short window lacks: a scan shorter than one window is read from
+the whole patches it has, padded at the end (``fmrilm.lm.training.encode_windows``)."""
+
+
+def valid_patches(codes: torch.Tensor) -> torch.Tensor:
+    """Number of leading non-padded patches of each window, ``(B,)``.
+
+    Raises ``ValueError`` unless the padding (:data:`PAD_CODE`) fills whole trailing patches,
+    the same for every ROI, and each window keeps at least one patch.
+    """
+    present = codes != PAD_CODE  # (B, R, P)
+    per_patch = present.all(1)
+    if not bool((per_patch == present.any(1)).all()):
+        raise ValueError("padded codes must pad whole patches (every ROI of a time patch)")
+    n = per_patch.sum(1)
+    prefix = torch.arange(codes.shape[2], device=codes.device)[None] < n[:, None]
+    if not bool((per_patch == prefix).all()) or bool((n == 0).any()):
+        raise ValueError("padding must follow the window's patches, and leave at least one")
+    return n
 
 
 class PrefixProjector(nn.Module):
@@ -89,6 +110,7 @@ def decoded_connectivity(fmri_tokenizer, codes: torch.Tensor) -> torch.Tensor:
     fmri_tokenizer : object
         Anything with ``decode(codes) -> windows (B, L, R)`` (:class:`fmrilm.tokenizer.FMRITokenizer`).
     codes : LongTensor of shape (B, R, P)
+        Short windows padded with :data:`PAD_CODE` are decoded from their own patches only.
 
     Returns
     -------
@@ -99,12 +121,18 @@ def decoded_connectivity(fmri_tokenizer, codes: torch.Tensor) -> torch.Tensor:
     if not hasattr(fmri_tokenizer, "decode"):
         raise ValueError("the connectivity branch needs an fMRI tokenizer that can decode codes")
     device = next(iter(fmri_tokenizer.parameters()), codes).device
+    codes = codes.long().to(device)
+    n_valid = valid_patches(codes)
+    b, r = codes.shape[:2]
+    z = torch.zeros(b, r, r, device=device)
     with torch.no_grad():
-        x = fmri_tokenizer.decode(codes.long().to(device)).float()  # (B, L, R)
-        x = x - x.mean(1, keepdim=True)
-        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        corr = torch.einsum("blr,bls->brs", x, x).clamp(-0.999, 0.999)
-        z = torch.atanh(corr) * (1 - torch.eye(corr.shape[-1], device=corr.device))
+        for n in torch.unique(n_valid).tolist():
+            rows = torch.nonzero(n_valid == n).flatten()
+            x = fmri_tokenizer.decode(codes[rows, :, :n]).float()  # (b', L, R)
+            x = x - x.mean(1, keepdim=True)
+            x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
+            z[rows] = torch.atanh(torch.einsum("blr,bls->brs", x, x).clamp(-0.999, 0.999))
+        z = z * (1 - torch.eye(r, device=device))
     return z.to(codes.device)
 
 
@@ -157,7 +185,10 @@ class CodeSummary(nn.Module):
         self.projector = PrefixProjector(n_rois * (roi_dim + connectivity_dim), embed_dim, n_tokens)
 
     def forward(
-        self, code_rows: torch.Tensor, connectivity: torch.Tensor | None = None
+        self,
+        code_rows: torch.Tensor,
+        connectivity: torch.Tensor | None = None,
+        n_patches: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Summary of windows from their code tokens' embedding rows.
 
@@ -165,6 +196,9 @@ class CodeSummary(nn.Module):
         ----------
         code_rows : Tensor of shape (B, R, P, D)
             The LM's input embedding of each window's ``<fmri_k>`` tokens.
+        n_patches : LongTensor of shape (B,), optional
+            Patches present in each window (:func:`valid_patches`); the rows of later, padded
+            patches are left out of the mean. Default: all ``P``.
         connectivity : Tensor of shape (B, R, R), optional
             Required when ``connectivity_dim > 0``: :func:`decoded_connectivity` of the windows.
 
@@ -176,7 +210,14 @@ class CodeSummary(nn.Module):
             raise ValueError(
                 f"code rows must be (B, {self.n_rois}, P, D), got {tuple(code_rows.shape)}"
             )
-        per_roi = reduce(code_rows, "b r p d -> b r d", "mean")
+        if n_patches is None:
+            per_roi = reduce(code_rows, "b r p d -> b r d", "mean")
+        else:
+            p = code_rows.shape[2]
+            n = n_patches.to(code_rows.device)
+            weight = (torch.arange(p, device=code_rows.device)[None] < n[:, None]).to(code_rows)
+            weight = weight / n[:, None].to(code_rows)  # (B, P): a mean over present patches
+            per_roi = torch.einsum("brpd,bp->brd", code_rows, weight)
         reduced = self.reduce_roi(per_roi)
         if self.reduce_connectivity is not None:
             b, r = code_rows.shape[:2]

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fmrilm.lm.config import LMConfig
 from fmrilm.lm.model import FMRILanguageModel
+from fmrilm.lm.summary import PAD_CODE
 from fmrilm.lm.tasks import TaskSpec, build_tasks
 from fmrilm.tokenizer.training import find_resume_checkpoint
 
@@ -46,6 +47,8 @@ __all__ = [
     "LMTrainingModule",
     "QADataset",
     "encode_windows",
+    "encode_window_list",
+    "PAD_CODE",
     "find_resume_checkpoint",
     "merge_config",
     "scan_labels",
@@ -82,7 +85,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "questions_per_example": 1,
         "grid_size": 41,
     },
-    "data": {"window_length": None, "stride": 80, "encode_batch_size": 64},
+    "data": {
+        "window_length": None,
+        "stride": 80,
+        "min_window_length": None,
+        "encode_batch_size": 64,
+    },
     "train": {
         "max_steps": 200,
         "batch_size": 8,
@@ -126,6 +134,36 @@ def merge_config(base: dict, override: dict) -> dict:
 
 
 @torch.no_grad()
+def encode_window_list(
+    fmri_tokenizer, windows: list, n_patches: int, batch_size: int = 64
+) -> np.ndarray:
+    """Codes ``(N, R, n_patches)`` of scaled windows ``(L_i, R)`` of whole-patch lengths.
+
+    Windows of one length are encoded together; the codes of a window with fewer than
+    ``n_patches`` patches fill the first positions and :data:`PAD_CODE` the rest.
+    """
+    try:
+        device = next(fmri_tokenizer.parameters()).device
+    except (AttributeError, StopIteration):
+        device = torch.device("cpu")
+    lengths = np.asarray([len(w) for w in windows], dtype=np.int64)
+    n_rois = int(windows[0].shape[1]) if windows else 0
+    out = np.full((len(windows), n_rois, n_patches), PAD_CODE, dtype=np.int32)
+    for length in np.unique(lengths):
+        group = np.flatnonzero(lengths == length)
+        for s in range(0, len(group), batch_size):
+            rows = group[s : s + batch_size]
+            w = torch.stack([torch.as_tensor(windows[int(i)]) for i in rows]).to(device)
+            codes = fmri_tokenizer.encode(w).cpu().numpy().astype(np.int32)
+            if codes.shape[2] > n_patches:
+                raise ValueError(
+                    f"a window of {int(length)} points has {codes.shape[2]} patches, more than "
+                    f"{n_patches}"
+                )
+            out[rows, :, : codes.shape[2]] = codes
+    return out
+
+
 def encode_windows(
     store,
     fmri_tokenizer,
@@ -136,44 +174,49 @@ def encode_windows(
     stride: int,
     batch_size: int = 64,
     rows: np.ndarray | None = None,
+    min_window_length: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Codes of every window of a split (or of given store ``rows``).
+
+    A scan shorter than ``window_length`` with at least ``min_window_length`` points gives one
+    window of its whole patches (:func:`fmrilm.data.windows.window_spans`), whose missing patches
+    hold :data:`PAD_CODE`; with ``min_window_length=None`` such scans have no window.
 
     Returns
     -------
     dict
-        ``codes`` (N, R, P) int32, ``scan_index`` (N,), ``start`` (N,),
-        ``n_scans_without_window`` (scans shorter than a window).
+        ``codes`` (N, R, P) int32, ``scan_index`` (N,), ``start`` (N,), ``length`` (N,),
+        ``n_scans_without_window`` (scans too short for any window), ``n_short_windows``.
     """
     from fmrilm.data import WindowDataset
 
+    patch = int(getattr(getattr(fmri_tokenizer, "config", None), "patch_length", 1) or 1)
     ds = WindowDataset(
-        store, split=split, scheme=scheme, window_length=window_length, stride=stride
+        store,
+        split=split,
+        scheme=scheme,
+        window_length=window_length,
+        stride=stride,
+        min_length=min_window_length,
+        length_multiple=patch,
     )
     index = ds.index
     if rows is not None:
-        keep = np.isin(index[:, 0], np.asarray(rows))
-        positions = np.flatnonzero(keep)
+        positions = np.flatnonzero(np.isin(index[:, 0], np.asarray(rows)))
     else:
         positions = np.arange(len(index))
-    try:
-        device = next(fmri_tokenizer.parameters()).device
-    except (AttributeError, StopIteration):
-        device = torch.device("cpu")
-    codes = []
-    for s in range(0, len(positions), batch_size):
-        items = [ds[int(i)] for i in positions[s : s + batch_size]]
-        w = torch.stack([it["window"] for it in items]).to(device)
-        codes.append(fmri_tokenizer.encode(w).cpu().numpy().astype(np.int32))
-    if codes:
-        all_codes = np.concatenate(codes)
+    windows = [ds[int(i)]["window"] for i in positions]
+    if windows:
+        all_codes = encode_window_list(fmri_tokenizer, windows, window_length // patch, batch_size)
     else:
         all_codes = np.zeros((0, 0, 0), dtype=np.int32)
     return {
         "codes": all_codes,
         "scan_index": index[positions, 0].astype(np.int64),
         "start": index[positions, 1].astype(np.int64),
+        "length": index[positions, 2].astype(np.int64),
         "n_scans_without_window": np.asarray(ds.n_scans_without_window),
+        "n_short_windows": np.asarray(int((index[positions, 2] < window_length).sum())),
     }
 
 
@@ -499,6 +542,12 @@ def train(
     tok_cfg = fmri_tokenizer.config
     window_length = int(dcfg["window_length"] or getattr(tok_cfg, "window_length", 160))
     stride = int(dcfg["stride"])
+    min_window_length = dcfg.get("min_window_length")
+    min_window_length = None if min_window_length is None else int(min_window_length)
+    # refused before the windows are encoded: only the summary layout reads short windows
+    LMConfig(
+        window_length=window_length, min_window_length=min_window_length, layout=mcfg["layout"]
+    ).validate()
 
     # 1. codes of the training (and validation) windows, cached
     stamp = json.dumps(
@@ -508,6 +557,7 @@ def train(
             "tokenizer_config": _config_repr(tok_cfg),
             "window_length": window_length,
             "stride": stride,
+            "min_window_length": min_window_length,
         },
         sort_keys=True,
         default=str,
@@ -527,6 +577,7 @@ def train(
             window_length=window_length,
             stride=stride,
             batch_size=int(dcfg["encode_batch_size"]),
+            min_window_length=min_window_length,
         )
         np.savez(cache, **enc, stamp=np.asarray(stamp))
         return enc
@@ -571,6 +622,7 @@ def train(
         n_patches=int(n_patches),
         window_length=window_length,
         stride=stride,
+        min_window_length=min_window_length,
         layout=mcfg["layout"],
         layout_rois=mcfg["layout_rois"],
         compact_rois=int(mcfg["compact_rois"]),
@@ -739,6 +791,7 @@ def train(
         "windows_per_second": throughput.steps * bs / seconds if seconds > 0 else None,
         "n_train_windows": int(dataset.n),
         "n_scans_without_window": int(enc["n_scans_without_window"]),
+        "n_short_windows": int(enc["n_short_windows"]),
         "parameters": n_params,
         "budget": budget,
         "validation": validation,

@@ -56,7 +56,9 @@ def check_scan(
     timeseries : array of shape (T, R)
     expects : dict
         ``n_rois``, ``window_length``, ``stride``, ``tr_range`` (seconds), ``scale_range``
-        (:func:`scan_scale` over the training scans) and ``atlas`` (a name, for messages).
+        (:func:`scan_scale` over the training scans) and ``atlas`` (a name, for messages);
+        ``min_window_length`` and ``patch_length`` when the model reads a scan shorter than one
+        window from one window of its whole patches.
     tr : float, optional
         Repetition time of the scan in seconds, checked against ``tr_range`` when given.
     name : str
@@ -68,7 +70,7 @@ def check_scan(
         Wrong shape or ROI count, non-finite values, fewer time points than one window, or more
         than 20% of the ROIs constant.
     """
-    from fmrilm.data.windows import window_starts
+    from fmrilm.data.windows import window_spans
 
     x = np.asarray(timeseries, dtype=np.float64)
     n_rois, wl = int(expects["n_rois"]), int(expects["window_length"])
@@ -87,11 +89,13 @@ def check_scan(
             f"{name}: {int(bad.sum())} non-finite values (first at time point {t}, ROI {r}); "
             "interpolate or drop them before asking"
         )
-    n_windows = len(window_starts(len(x), wl, int(expects["stride"])))
+    shortest = expects.get("min_window_length")
+    patch = int(expects.get("patch_length") or 1)
+    spans = window_spans(len(x), wl, int(expects["stride"]), shortest, patch)
+    n_windows = len(spans)
     if n_windows == 0:
-        raise ScanRefused(
-            f"{name}: {len(x)} time points, fewer than one {wl}-point window of the model"
-        )
+        least = f"{wl}-point window" if shortest is None else f"window ({shortest} points)"
+        raise ScanRefused(f"{name}: {len(x)} time points, fewer than one {least} of the model")
     flat = int((np.ptp(x, axis=0) == 0).sum())
     if flat > MAX_FLAT_ROI_FRACTION * n_rois:
         raise ScanRefused(
@@ -99,6 +103,11 @@ def check_scan(
             f"{atlas} time series"
         )
     warnings = []
+    if n_windows == 1 and spans[0][1] < wl:
+        warnings.append(
+            f"{len(x)} time points, shorter than one {wl}-point window: answered from one "
+            f"{int(spans[0][1])}-point window, with less data than most training scans"
+        )
     if flat:
         warnings.append(f"{flat} constant ROIs are read as zeros")
     lo, hi = expects.get("tr_range") or (None, None)
@@ -151,6 +160,8 @@ class Pipeline:
             "n_rois": cfg.n_rois,
             "window_length": cfg.window_length,
             "stride": cfg.stride,
+            "min_window_length": cfg.min_window_length,
+            "patch_length": cfg.window_length // cfg.n_patches,
             **self.release.get("expects", {}),
         }
 

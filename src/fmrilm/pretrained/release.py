@@ -60,10 +60,15 @@ def expectations(store, scheme: str, pipe_cfg) -> dict[str, Any]:
         "n_rois": pipe_cfg.n_rois,
         "window_length": pipe_cfg.window_length,
         "stride": pipe_cfg.stride,
+        "min_window_length": pipe_cfg.min_window_length,
+        "patch_length": pipe_cfg.window_length // pipe_cfg.n_patches,
         "atlas": ATLAS,
         "tr_range": [float(trs.min()), float(trs.max())],
         "scale_range": [float(np.min(scales)), float(np.max(scales))],
         "n_training_scans": len(train),
+        "n_training_scans_short": int(
+            (table.loc[train, "n_timepoints"].to_numpy() < pipe_cfg.window_length).sum()
+        ),
         "training_sites": sorted(table.loc[train, "site"].astype(str).unique().tolist()),
     }
 
@@ -170,8 +175,15 @@ def model_card(release: dict) -> str:
         "## What a scan must look like",
         "",
         f"- {e['n_rois']} ROI columns in the order of {e['atlas']}; time in rows.",
-        f"- At least {e['window_length']} time points (one window; windows of "
-        f"{e['window_length']} points every {e['stride']}, answers averaged over windows).",
+        f"- At least {e.get('min_window_length') or e['window_length']} time points: windows "
+        f"of {e['window_length']} points every {e['stride']}, answers averaged over windows"
+        + (
+            f"; a shorter scan is read from one window of its whole {e['patch_length']}-point "
+            f"patches ({e.get('n_training_scans_short')} of the {e['n_training_scans']} "
+            "training scans are shorter than a window)."
+            if e.get("min_window_length") and e["min_window_length"] < e["window_length"]
+            else "."
+        ),
         f"- TR {e['tr_range'][0]:g}-{e['tr_range'][1]:g} s (the training range; other TRs get "
         "a warning), band-pass filtered and global-signal regressed like ABIDE's `filt_global` "
         f"(signal scale, median ROI IQR, {e['scale_range'][0]:.3g}-{e['scale_range'][1]:.3g} in "
