@@ -67,8 +67,9 @@ def check_scan(
     Raises
     ------
     ScanRefused
-        Wrong shape or ROI count, non-finite values, fewer time points than one window, or more
-        than 20% of the ROIs constant.
+        Wrong shape or ROI count, non-finite values, fewer time points than one window (or than
+        ``min_window_length`` when the model reads shorter windows), or more than 20% of the
+        ROIs constant.
     """
     from fmrilm.data.windows import window_spans
 

@@ -188,7 +188,8 @@ def model_card(release: dict) -> str:
         "a warning), band-pass filtered and global-signal regressed like ABIDE's `filt_global` "
         f"(signal scale, median ROI IQR, {e['scale_range'][0]:.3g}-{e['scale_range'][1]:.3g} in "
         "training; far outside gets a warning).",
-        "- Refused: another ROI count, NaN/Inf, fewer time points than one window, more than 20% "
+        "- Refused: another ROI count, NaN/Inf, fewer than "
+        f"{e.get('min_window_length') or e['window_length']} time points, more than 20% "
         "constant ROIs.",
         "",
         "## Metrics (bootstrap 95% CIs; baselines of the same run and split)",
