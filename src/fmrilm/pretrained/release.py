@@ -139,6 +139,7 @@ LAYOUT_SENTENCES = {
 def model_card(release: dict) -> str:
     """The LM's model card (Markdown)."""
     e, m, t = release["expects"], release["metrics"], release["training"]
+    shortest = e.get("min_window_length") or e["window_length"]  # shortest scan answered
     lines = [
         "---",
         "license: cc-by-nc-sa-3.0",
@@ -175,22 +176,21 @@ def model_card(release: dict) -> str:
         "## What a scan must look like",
         "",
         f"- {e['n_rois']} ROI columns in the order of {e['atlas']}; time in rows.",
-        f"- At least {e.get('min_window_length') or e['window_length']} time points: windows "
+        f"- At least {shortest} time points: windows "
         f"of {e['window_length']} points every {e['stride']}, answers averaged over windows"
         + (
             f"; a shorter scan is read from one window of its whole {e['patch_length']}-point "
             f"patches ({e.get('n_training_scans_short')} of the {e['n_training_scans']} "
             "training scans are shorter than a window)."
-            if e.get("min_window_length") and e["min_window_length"] < e["window_length"]
+            if shortest < e["window_length"]
             else "."
         ),
         f"- TR {e['tr_range'][0]:g}-{e['tr_range'][1]:g} s (the training range; other TRs get "
         "a warning), band-pass filtered and global-signal regressed like ABIDE's `filt_global` "
         f"(signal scale, median ROI IQR, {e['scale_range'][0]:.3g}-{e['scale_range'][1]:.3g} in "
         "training; far outside gets a warning).",
-        "- Refused: another ROI count, NaN/Inf, fewer than "
-        f"{e.get('min_window_length') or e['window_length']} time points, more than 20% "
-        "constant ROIs.",
+        f"- Refused: another ROI count, NaN/Inf, fewer than {shortest} time points, more than "
+        "20% constant ROIs.",
         "",
         "## Metrics (bootstrap 95% CIs; baselines of the same run and split)",
         "",
