@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -131,12 +132,20 @@ def main(argv=None) -> None:
     ap.add_argument("--store", default="/tmp/fmrilm_abide_store")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "tokenizer.yaml")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument(
+        "--notes",
+        default="the aligned and unaligned runs trained concurrently, one thread each, for the "
+        "same budget",
+        help="how the runs were made and what else shared the machine (recorded as is)",
+    )
     ap.add_argument("--no-write", action="store_true", help="print only (for checking)")
     args = ap.parse_args(argv)
 
+    load_before = os.getloadavg()
     gflops = matmul_gflops()
     tp = throughput(_model_config(args.config), reps=args.reps)
     gflops_after = matmul_gflops()
+    load_after = os.getloadavg()
     dense = max(gflops, gflops_after)
 
     def mfu(kind, b):
@@ -199,10 +208,10 @@ def main(argv=None) -> None:
         "train_steps_unaligned": None if un_sum is None else un_sum.get("global_step"),
         "conditional_fit": al_sum.get("conditional"),
         "config": resolved,
-        "notes": (
-            "CPU shared with other developers while measuring (load 4-6 on 2 cores); the aligned "
-            "and unaligned runs trained concurrently, one thread each, for the same budget."
-        ),
+        # the 1-minute load average around the throughput measurement: other work on the
+        # same cores lowers windows/s and MFU
+        "load_average_1min_before_after": [load_before[0], load_after[0]],
+        "notes": args.notes,
     }
     tr = result["train_windows_per_s"]
     en = result["encode_windows_per_s"]
