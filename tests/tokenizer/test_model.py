@@ -128,6 +128,39 @@ def test_quantizer_behaviour(tiny_config, windows):
     torch.testing.assert_close(m.code_vectors(codes), vq.codebook[codes])
 
 
+def test_evaluation_quantize_matches_the_library(tiny_config, windows):
+    """The inference path (``nearest_codes``) gives VectorQuantize's own evaluation outputs."""
+    torch.manual_seed(0)
+    m = FMRITokenizer(tiny_config)
+    m.train()
+    for _ in range(3):
+        m(windows, random_token_mask(windows.shape[0], N_ROIS, P, 0.2))
+    m.eval()
+    with torch.no_grad():
+        z = m.encode_continuous(windows)
+        valid = ~random_token_mask(windows.shape[0], N_ROIS, P, 0.3)
+        for v in (None, valid):
+            zq, idx, commit = m.quantize(z, v)
+            flat = z.reshape(z.shape[0], -1, z.shape[-1])
+            mask = None if v is None else v.reshape(v.shape[0], -1)
+            lib_zq, lib_idx, lib_commit = m.quantizer(flat, mask=mask)
+            assert torch.equal(idx.reshape(lib_idx.shape), lib_idx)
+            torch.testing.assert_close(zq.reshape(lib_zq.shape), lib_zq)
+            assert float(commit) == float(lib_commit.sum()) == 0.0
+        if valid is not None:
+            assert bool((idx[~valid] == -1).all()) and bool((zq[~valid] == 0).all())
+        # chunking does not change the answer
+        flat = z.reshape(-1, z.shape[-1])
+        assert torch.equal(m.nearest_codes(flat, chunk_tokens=7), m.nearest_codes(flat))
+
+
+def test_untrained_codebook_is_initialised_by_the_library_in_evaluation(tiny_config, windows):
+    m = FMRITokenizer(tiny_config)
+    m.eval()
+    m.encode(windows)
+    assert bool(m.quantizer._codebook.initted)
+
+
 def test_dead_codes_are_replaced(tiny_config, windows):
     torch.manual_seed(0)
     m = FMRITokenizer(tiny_config)

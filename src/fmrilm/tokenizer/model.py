@@ -319,14 +319,49 @@ class FMRITokenizer(nn.Module):
             h = blk(h)
         return self.to_code(self.encoder_norm(h))
 
+    def nearest_codes(self, flat: torch.Tensor, chunk_tokens: int = 4096) -> torch.Tensor:
+        """Index of the most cosine-similar code for each vector of ``flat`` ``(..., code_dim)``.
+
+        The choice ``VectorQuantize`` makes in evaluation (its codebook rows are unit vectors),
+        computed in chunks of ``chunk_tokens`` vectors. The library's evaluation path also builds
+        a one-hot matrix of all tokens x all codes in int64 (3.3 GB for 64 windows and 4,096
+        codes), which inference does not need and which took most of ``encode``'s time.
+        """
+        vq = self.quantizer
+        codebook = vq.codebook  # (K, code_dim), unit rows
+        x = F.normalize(vq.project_in(flat.float()), dim=-1, eps=1e-6)
+        shape = x.shape[:-1]
+        x = rearrange(x, "... c -> (...) c")
+        idx = torch.cat([(xc @ codebook.T).argmax(-1) for xc in x.split(chunk_tokens)])
+        return idx.reshape(shape)
+
+    def _codebook_initialised(self) -> bool:
+        # k-means initialisation happens inside the library's forward on its first batch; until
+        # then evaluation must go through the library so that it initialises as it always has.
+        return bool(self.quantizer._codebook.initted)
+
     def quantize(self, z: torch.Tensor, valid: torch.Tensor | None = None):
-        """Quantize ``(B, R, P, C)``; ``valid`` (B, R, P) bool excludes tokens from the update."""
+        """Quantize ``(B, R, P, C)``; ``valid`` (B, R, P) bool excludes tokens from the update.
+
+        In evaluation mode (after the codebook is initialised) the codes come from
+        ``nearest_codes`` and the outputs match ``VectorQuantize``'s: codebook rows, zeros and
+        code -1 where ``valid`` is False, no commitment loss.
+        """
         b, r, p, c = z.shape
         flat = rearrange(z, "b r p c -> b (r p) c")
         mask = None if valid is None else rearrange(valid, "b r p -> b (r p)")
         if mask is not None and bool(mask.all()):
             mask = None
-        zq, idx, commit = self.quantizer(flat, mask=mask)
+        if not self.training and self._codebook_initialised():
+            idx = self.nearest_codes(flat)
+            zq = self.quantizer.project_out(self.quantizer.get_codes_from_indices(idx))
+            if mask is not None:
+                fill = 0.0 if self.quantizer.return_zeros_for_masked_padding else flat
+                zq = torch.where(mask[..., None], zq, fill)
+                idx = idx.masked_fill(~mask, -1)
+            commit = flat.new_zeros(())
+        else:
+            zq, idx, commit = self.quantizer(flat, mask=mask)
         zq = rearrange(zq, "b (r p) c -> b r p c", r=r)
         idx = rearrange(idx, "b (r p) -> b r p", r=r)
         return zq, idx, commit
