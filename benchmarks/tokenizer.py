@@ -8,7 +8,8 @@
   a warm-up, with the headline model configuration;
 - MFU: model FLOPs per window (``torch.utils.flop_counter.FlopCounterMode``: matmuls,
   attention, convolutions) times windows/s, divided by the dense float32 matmul FLOP/s that torch
-  reaches in the same process (2048 x 2048 x 2048 ``torch.mm``, best of 5);
+  reaches in the same process (2048 x 2048 x 2048 ``torch.mm``, best of 5); the quantizer's
+  share of the counted FLOPs is recorded beside them;
 - peak RSS: this process's peak resident set size after the batch-64 training steps, and the
   training runs' own peak (``train_summary.json``) when recorded;
 - quality: each run folder's ``evaluation.json`` (written by ``fmrilm tokenizer evaluate``; it is
@@ -53,6 +54,19 @@ def _model_config(config_path: Path) -> dict:
     return m
 
 
+def _quantizer_flops(model, x, hidden) -> float:
+    """FLOPs of the quantizer alone on ``x``, in the model's current mode (training: the
+    library's distances, one-hot lookup and EMA sums; evaluation: the nearest-code search)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad():
+        z = model.encode_continuous(x, hidden)
+        with FlopCounterMode(display=False) as fc:
+            model.quantize(z, None if hidden is None else ~hidden)
+    return float(fc.get_total_flops())
+
+
 def throughput(model_cfg: dict, batches=(16, 64), reps: int = 3) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -88,7 +102,12 @@ def throughput(model_cfg: dict, batches=(16, 64), reps: int = 3) -> dict:
             train_step(x, hidden)
             times.append(time.perf_counter() - t)
         dt = statistics.median(times)
-        out["train"][b] = {"windows_per_s": b / dt, "flops_per_window": train_flops, "step_s": dt}
+        out["train"][b] = {
+            "windows_per_s": b / dt,
+            "flops_per_window": train_flops,
+            "quantizer_flops_per_window": _quantizer_flops(model, x, hidden) / b,
+            "step_s": dt,
+        }
         model.eval()
         model.encode(x)
         with FlopCounterMode(display=False) as fc:
@@ -100,7 +119,12 @@ def throughput(model_cfg: dict, batches=(16, 64), reps: int = 3) -> dict:
             model.encode(x)
             times.append(time.perf_counter() - t)
         dt = statistics.median(times)
-        out["encode"][b] = {"windows_per_s": b / dt, "flops_per_window": enc_flops, "batch_s": dt}
+        out["encode"][b] = {
+            "windows_per_s": b / dt,
+            "flops_per_window": enc_flops,
+            "quantizer_flops_per_window": _quantizer_flops(model, x, None) / b,
+            "batch_s": dt,
+        }
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -195,6 +219,14 @@ def main(argv=None) -> None:
         },
         "encode_gflop_per_window": {
             str(b): tp["encode"][b]["flops_per_window"] / 1e9 for b in tp["encode"]
+        },
+        # the quantizer's share of the counts above (in training it includes the library's
+        # one-hot products: the code lookup and the EMA sums as matmuls over all codes)
+        "train_gflop_per_window_quantizer": {
+            str(b): tp["train"][b]["quantizer_flops_per_window"] / 1e9 for b in tp["train"]
+        },
+        "encode_gflop_per_window_quantizer": {
+            str(b): tp["encode"][b]["quantizer_flops_per_window"] / 1e9 for b in tp["encode"]
         },
         "train_mfu": {str(b): mfu("train", b) for b in tp["train"]},
         "encode_mfu": {str(b): mfu("encode", b) for b in tp["encode"]},
