@@ -20,4 +20,5 @@ def test_throughput_records_rates_and_the_quantizers_share_of_the_flops():
         out["train"][2]["quantizer_flops_per_window"]
         > out["encode"][2]["quantizer_flops_per_window"]
     )
+    assert out["encode"][2]["windows_per_s_library_quantizer"] > 0
     assert out["peak_rss_mb"] > 0
