@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fmrilm.memory import keep_freed_memory_for_reuse
 from fmrilm.tokenizer.config import TokenizerConfig
 from fmrilm.tokenizer.model import FMRITokenizer, dann_lambda, grad_reverse, random_token_mask
 from fmrilm.tokenizer.text_domain import TextDomain
@@ -82,6 +83,9 @@ DEFAULT_CONFIG: dict = {
         "conditional_alpha_grid": [0.3, 0.5, 0.7],
         "conditional_val_windows": 96,
         "num_threads": None,
+        # glibc: keep large freed blocks for reuse instead of page-faulting them afresh every
+        # step (fmrilm.memory; 1.7-1.9x faster steps with 4,096 codes)
+        "keep_freed_memory": True,
         "max_time_minutes": None,
         "conditional_ridge_mask_ratio": 0.2,
         "max_conditional_windows": 4000,
@@ -553,6 +557,8 @@ def train(
     cfg = merge_config(DEFAULT_CONFIG, config)
     if cfg["train"].get("num_threads"):
         torch.set_num_threads(int(cfg["train"]["num_threads"]))
+    if cfg["train"].get("keep_freed_memory"):
+        keep_freed_memory_for_reuse()
     seed = int(cfg["seed"])
     L.seed_everything(seed, workers=True)
     out_dir = Path(cfg["out_dir"])
