@@ -44,6 +44,15 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def _train_config(config_path: Path) -> dict:
+    """The ``train`` section that ``fmrilm tokenizer train`` would use with this config."""
+    import yaml
+
+    from fmrilm.tokenizer.training import DEFAULT_CONFIG, merge_config
+
+    return merge_config(DEFAULT_CONFIG, yaml.safe_load(config_path.read_text()))["train"]
+
+
 def _model_config(config_path: Path) -> dict:
     import yaml
 
@@ -177,6 +186,12 @@ def main(argv=None) -> None:
     ap.add_argument("--no-write", action="store_true", help="print only (for checking)")
     args = ap.parse_args(argv)
 
+    # as training does (train.keep_freed_memory, on by default): see fmrilm.memory
+    keep_freed_memory = bool(_train_config(args.config)["keep_freed_memory"])
+    if keep_freed_memory:
+        from fmrilm.memory import keep_freed_memory_for_reuse
+
+        keep_freed_memory = keep_freed_memory_for_reuse()
     load_before = os.getloadavg()
     gflops = matmul_gflops()
     tp = throughput(_model_config(args.config), reps=args.reps)
@@ -246,6 +261,7 @@ def main(argv=None) -> None:
         "train_mfu": {str(b): mfu("train", b) for b in tp["train"]},
         "encode_mfu": {str(b): mfu("encode", b) for b in tp["encode"]},
         "matmul_gflops": dense,
+        "keep_freed_memory": keep_freed_memory,
         "matmul_gflops_before_after": [gflops, gflops_after],
         "peak_rss_mb": tp["peak_rss_mb"],
         "peak_rss_mb_training_run": al_sum.get("peak_rss_mb"),
