@@ -19,6 +19,12 @@ of its scheme, in its own process with one torch thread, ``--parallel`` at a tim
   ``time_major_200rois_1patch`` (all 200 ROIs, the first 20-point patch, 203 tokens). Each
   ablation records its own number of training steps (``train_steps``).
 
+``--ablation-run NAME=RUN_DIR`` adds a configuration trained beforehand with ``fmrilm lm train``
+(``RUN_DIR/site_stratified`` and, when it exists, ``RUN_DIR/heldout_sites``, each a finished run
+with any config): it is evaluated beside every baseline and listed under ``ablations`` with its
+config's differences from ``--config``. ``--keep-main`` (with ``--carry-ablations``) runs no main
+job and keeps the earlier file's main configuration and figures, marked ``main_carried_from``.
+
 A job whose ``results.json`` exists is not run again (so the benchmark resumes); ``--reevaluate
 NAME,...`` evaluates finished jobs again with the current evaluation code, without retraining. Writes
 ``benchmarks/results/lm.json`` (the keys of ``fmrilm.lm.evaluation.summarize_runs`` plus the wall
@@ -56,6 +62,9 @@ ABLATIONS = {
         "model": {"summary_roi_dropout": 0.2},
         "train": {"val_every_n_steps": 100, "keep": "best_val_loss"},
     },
+    # training windows every 20 points instead of 80 (2,041 windows instead of 1,177); scans are
+    # still answered every 80 points
+    "train_stride_20": {"data": {"train_stride": 20}},
     # the summary layout with the fMRI rows from random directions
     "summary_init_random": {"model": {"init": "random"}},
     # token-sequence layouts (the LM reads the codes as tokens, no summary), as first measured:
@@ -110,10 +119,13 @@ def jobs(args) -> list[dict]:
         cfg.setdefault("train", {}).update(max_steps=args.max_steps, num_threads=1)
         return {"name": name, "config": cfg, "baselines": baselines, "n_bootstrap": args.bootstrap}
 
-    for scheme in ("site_stratified", "heldout_sites"):
-        if scheme not in tokenizers:
-            raise SystemExit(f"--tokenizer {scheme}=FOLDER is required")
-        out.append(spec(scheme, scheme, {}, None))
+    if not args.keep_main:
+        for scheme in ("site_stratified", "heldout_sites"):
+            if scheme not in tokenizers:
+                raise SystemExit(f"--tokenizer {scheme}=FOLDER is required")
+            out.append(spec(scheme, scheme, {}, None))
+    for name, run_dir in named_paths(args.ablation_run, "--ablation-run").items():
+        out += ablation_run_specs(name, run_dir, args.bootstrap)
     if not args.no_ablations:
         names = args.ablations or list(ABLATIONS)
         unknown = sorted(set(names) - set(ABLATIONS))
@@ -122,6 +134,70 @@ def jobs(args) -> list[dict]:
         for name, override in ((n, ABLATIONS[n]) for n in names):
             out.append(spec(name, "site_stratified", override, SIMPLE_BASELINES))
     return out
+
+
+def ablation_run_specs(name: str, run_dir: Path, n_bootstrap: int) -> list[dict]:
+    """Evaluation jobs of a finished ``fmrilm lm train`` run per scheme found in ``run_dir``."""
+    specs = []
+    for scheme in ("site_stratified", "heldout_sites"):
+        resolved = Path(run_dir) / scheme / "config.resolved.json"
+        if not resolved.exists():
+            continue
+        config = json.loads(resolved.read_text())
+        config["out_dir"] = str(Path(run_dir) / scheme)
+        if finished_training(config) is None:
+            raise SystemExit(f"--ablation-run {name}: {resolved.parent} has not finished training")
+        specs.append(
+            {
+                "name": f"{name}@{scheme}",
+                "ablation_run": name,
+                "config": config,
+                "baselines": None,
+                "n_bootstrap": n_bootstrap,
+            }
+        )
+    if not specs or specs[0]["config"]["scheme"] != "site_stratified":
+        raise SystemExit(f"--ablation-run {name}: no finished run in {run_dir}/site_stratified")
+    return specs
+
+
+def config_differences(config: dict, reference: dict, prefix: str = "") -> dict:
+    """``{dotted.key: value}`` where ``config`` differs from ``reference`` (both merged)."""
+    skip = {"out_dir", "store", "fmri_tokenizer", "scheme"}
+    out = {}
+    for key, value in config.items():
+        if not prefix and key in skip:
+            continue
+        ref = reference.get(key)
+        if isinstance(value, dict) and isinstance(ref, dict):
+            out.update(config_differences(value, ref, f"{prefix}{key}."))
+        elif value != ref:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def finished_training(config: dict) -> float | None:
+    """Training seconds of a finished run of exactly ``config`` in its ``out_dir``, else None.
+
+    Finished: ``config.resolved.json`` equals the job's config merged over the defaults (but for
+    ``out_dir``: a run may have been moved to the job's folder), and
+    ``train_summary.json`` reached ``train.max_steps`` and the model was written.
+    """
+    from fmrilm.lm.training import DEFAULT_CONFIG, merge_config
+
+    out_dir = Path(config["out_dir"])
+    paths = [out_dir / n for n in ("config.resolved.json", "train_summary.json", "model")]
+    if not all(p.exists() for p in paths):
+        return None
+    want = json.loads(json.dumps(merge_config(DEFAULT_CONFIG, config), default=str))
+    have = json.loads(paths[0].read_text())
+    # a run moved to the job's folder is the same training
+    if {**have, "out_dir": None} != {**want, "out_dir": None}:
+        return None
+    summary = json.loads(paths[1].read_text())
+    if int(summary.get("global_step", 0)) < int(want["train"]["max_steps"]):
+        return None
+    return float(summary["train_seconds"])
 
 
 def run_job(spec: dict) -> dict:
@@ -138,6 +214,11 @@ def run_job(spec: dict) -> dict:
     if spec.get("evaluate_only"):  # the trained model, evaluated again by the current code
         earlier = json.loads((out_dir / "results.json").read_text())
         train_wall = earlier["wall_seconds"]["train"]
+        model_dir = out_dir / "model"
+    elif (adopted := finished_training(spec["config"])) is not None:
+        # trained beforehand with `fmrilm lm train` and exactly this config: its fit time is
+        # the record (it leaves out loading the LM and encoding the windows, ~1-2 min)
+        train_wall = adopted
         model_dir = out_dir / "model"
     else:
         t0 = time.time()
@@ -223,6 +304,19 @@ def main(argv: list[str] | None = None) -> int:
         "previous_main_DATE) are kept in the new one, marked with their origin",
     )
     ap.add_argument(
+        "--ablation-run",
+        action="append",
+        default=[],
+        metavar="NAME=RUN_DIR",
+        help="a finished `fmrilm lm train` run (RUN_DIR/site_stratified, optionally "
+        "RUN_DIR/heldout_sites) evaluated and listed under ablations",
+    )
+    ap.add_argument(
+        "--keep-main",
+        action="store_true",
+        help="run no main job: keep the main configuration of --carry-ablations",
+    )
+    ap.add_argument(
         "--result-name",
         default="lm",
         help="results file (benchmarks/results/NAME.json, tables in NAME_tables.md)",
@@ -233,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.store.exists():
         raise SystemExit(f"store {args.store} does not exist (fmrilm data abide ...)")
+    if args.keep_main and not args.carry_ablations:
+        raise SystemExit("--keep-main needs --carry-ablations (the file whose main run is kept)")
     specs = jobs(args)
     unknown = sorted(set(args.reevaluate) - {s["name"] for s in specs})
     if unknown:
@@ -275,6 +371,51 @@ def carried_ablations(path: Path, taken: set[str]) -> dict[str, dict]:
     return out
 
 
+def kept_main(path: Path) -> dict:
+    """An earlier results file's main configuration and ablations, to add ablations to."""
+    earlier = json.loads(Path(path).read_text())
+    origin = {"file": str(path), "commit": earlier.get("commit"), "date": earlier.get("date")}
+    out = {k: v for k, v in earlier.items() if k not in ("commit", "date", "machine")}
+    out["main_carried_from"] = earlier.get("main_carried_from", origin)
+    out["ablations"] = {
+        name: entry
+        if name == "reference"
+        else {**entry, "carried_from": entry.get("carried_from", origin)}
+        for name, entry in earlier.get("ablations", {}).items()
+    }
+    return out
+
+
+def ablation_run_entries(specs: list[dict], results: dict, config_path: Path | None) -> dict:
+    """``--ablation-run`` results as ablation entries (with their held-out-sites figures)."""
+    import yaml
+
+    from fmrilm.lm.evaluation import flat_summary, summarize_runs
+    from fmrilm.lm.training import DEFAULT_CONFIG, merge_config
+
+    base = yaml.safe_load(Path(config_path).read_text()) if config_path else {}
+    reference = merge_config(DEFAULT_CONFIG, base)
+    out: dict[str, dict] = {}
+    for s in specs:
+        name = s.get("ablation_run")
+        if name is None:
+            continue
+        r = results[s["name"]]
+        if r["scheme"] == "site_stratified":
+            entry = summarize_runs([], {name: r})["ablations"][name]
+            entry["config_differences"] = config_differences(s["config"], reference)
+            entry["run_dir"] = str(Path(s["config"]["out_dir"]).parent)
+            out[name] = {**entry, **out.get(name, {})}
+        else:
+            held = flat_summary({"heldout_sites": r})
+            out.setdefault(name, {})["heldout_sites"] = {
+                k.removeprefix("heldout_sites_"): v
+                for k, v in held.items()
+                if k.startswith("heldout_sites_")
+            }
+    return out
+
+
 def summarize(specs: list[dict], args, wall: float) -> int:
     from fmrilm.lm.evaluation import summarize_runs
 
@@ -282,15 +423,24 @@ def summarize(specs: list[dict], args, wall: float) -> int:
         s["name"]: json.loads((Path(s["config"]["out_dir"]) / "results.json").read_text())
         for s in specs
     }
-    main_runs = [results["site_stratified"], results["heldout_sites"]]
     ablations = {n: r for n, r in results.items() if n in ABLATIONS}
-    # the main configuration on site_stratified is the reference each ablation changes one
-    # thing of; list it among them so that the table compares like with like
-    ablations = {"reference": results["site_stratified"], **ablations}
-    out = summarize_runs(main_runs, ablations)
-    if args.carry_ablations:
-        out["ablations"].update(carried_ablations(args.carry_ablations, set(out["ablations"])))
-    out["runs"] = {
+    if args.keep_main:
+        out = kept_main(args.carry_ablations)
+        out["ablations"].update(summarize_runs([], ablations)["ablations"])
+    else:
+        main_runs = [results["site_stratified"], results["heldout_sites"]]
+        # the main configuration on site_stratified is the reference each ablation changes one
+        # thing of; list it among them so that the table compares like with like
+        ablations = {"reference": results["site_stratified"], **ablations}
+        out = summarize_runs(main_runs, ablations)
+        if args.carry_ablations:
+            taken = set(out["ablations"]) | {
+                s["ablation_run"] for s in specs if "ablation_run" in s
+            }
+            out["ablations"].update(carried_ablations(args.carry_ablations, taken))
+    out["ablations"].update(ablation_run_entries(specs, results, args.config))
+    earlier_runs = out.get("runs", {}) if args.keep_main else {}
+    out["runs"] = earlier_runs | {
         name: {
             "scheme": r["scheme"],
             "wall_seconds": r.get("wall_seconds"),
@@ -302,19 +452,24 @@ def summarize(specs: list[dict], args, wall: float) -> int:
         }
         for name, r in results.items()
     }
-    out["max_steps"] = args.max_steps
     # jobs may come from earlier invocations (resume): their own wall times are the record
+    jobs_wall = sum(sum((r.get("wall_seconds") or {}).values()) for r in results.values())
     out["benchmark_wall_seconds_this_invocation"] = wall
-    out["jobs_wall_seconds_sum"] = sum(
-        sum((r.get("wall_seconds") or {}).values()) for r in results.values()
-    )
-    out["parallel_jobs"] = args.parallel
-    tables = ["# fMRI LM benchmark tables", ""]
+    if args.keep_main:  # the main figures, steps and wall time are the earlier file's
+        out["added_jobs_wall_seconds_sum"] = jobs_wall
+    else:
+        out["max_steps"] = args.max_steps
+        out["jobs_wall_seconds_sum"] = jobs_wall
+        out["parallel_jobs"] = args.parallel
+    tables_path = RESULTS / f"{args.result_name}_tables.md"
+    kept = args.keep_main and tables_path.exists()
+    tables = tables_path.read_text().rstrip().split("\n") + [""] if kept else []
+    tables = tables or ["# fMRI LM benchmark tables", ""]
     for name, s in zip(results, specs, strict=True):
         text = (Path(s["config"]["out_dir"]) / "results.txt").read_text()
         tables += [f"## {name}", "", "```", text.rstrip(), "```", ""]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.result_name}_tables.md").write_text("\n".join(tables))
+    tables_path.write_text("\n".join(tables))
     for key in ("commit", "date", "machine"):
         out.pop(key, None)  # write_result records them
 
@@ -322,6 +477,19 @@ def summarize(specs: list[dict], args, wall: float) -> int:
         v = out.get(k)
         return "n/a" if v is None else f"{v:.3f}"
 
+    if args.keep_main:
+        added = [n for n in out["ablations"] if any(s.get("ablation_run") == n for s in specs)]
+        added += [n for n in results if n in ABLATIONS]
+        line = "main configuration kept; ablations added: " + "; ".join(
+            f"{n}: age MAE {out['ablations'][n].get('age_mae', float('nan')):.3f}, sex AUC "
+            f"{out['ablations'][n].get('sex_auc', float('nan')):.3f}, dx AUC "
+            f"{out['ablations'][n].get('diagnosis_auc', float('nan')):.3f}"
+            for n in added
+        )
+        path = write_result(args.result_name, out, line)
+        print(line)
+        print(f"wrote {path}")
+        return 0
     line = (
         f"site_stratified: LM age MAE {fmt('age_mae')} (FC {fmt('fc_age_mae')}, site "
         f"{fmt('site_age_mae')}), sex AUC {fmt('sex_auc')} (FC {fmt('fc_sex_auc')}), dx AUC "

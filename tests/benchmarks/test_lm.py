@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from benchmarks.lm import carried_ablations
 
 
@@ -48,3 +49,129 @@ def test_a_second_main_change_on_the_same_day_keeps_both_earlier_mains(tmp_path)
     assert set(out) == {"previous_main_2026-12-01", "previous_main_2026-12-01_def456"}
     assert out["previous_main_2026-12-01_def456"]["age_mae"] == 2.94
     assert out["previous_main_2026-12-01"]["age_mae"] == 2.95
+
+
+def test_a_finished_training_of_the_same_config_is_adopted(tmp_path):
+    from benchmarks.lm import finished_training
+
+    from fmrilm.lm.training import DEFAULT_CONFIG, merge_config
+
+    out = tmp_path / "site_stratified"
+    config = {"out_dir": str(out), "store": "S", "train": {"max_steps": 600, "num_threads": 1}}
+    assert finished_training(config) is None  # nothing trained
+    (out / "model").mkdir(parents=True)
+    resolved = merge_config(DEFAULT_CONFIG, config)
+    (out / "config.resolved.json").write_text(json.dumps(resolved))
+    (out / "train_summary.json").write_text(
+        json.dumps({"global_step": 600, "train_seconds": 2400.0})
+    )
+    assert finished_training(config) == 2400.0
+    moved = {**config, "out_dir": str(tmp_path / "elsewhere")}
+    (tmp_path / "elsewhere").symlink_to(out)
+    assert finished_training(moved) == 2400.0  # the same training, found in another folder
+    other = {**config, "data": {"train_stride": 20}}  # not the config it was trained with
+    assert finished_training(other) is None
+    (out / "train_summary.json").write_text(
+        json.dumps({"global_step": 300, "train_seconds": 1200.0})
+    )
+    assert finished_training(config) is None  # stopped early
+
+
+def _fake_results(scheme: str, age_mae: float) -> dict:
+    def entry(value):
+        return {"metrics": {"mae": {"value": value, "ci_low": value - 1, "ci_high": value + 1}}}
+
+    return {
+        "scheme": scheme,
+        "model": {"layout": "summary", "init": "subspace"},
+        "train_summary": {"train_seconds": 100.0, "global_step": 600},
+        "targets": {"age": {"results": {"lm": entry(age_mae), "trivial": entry(5.0)}}},
+        "parse_failures": 0,
+        "wall_seconds": {"train": 100.0, "evaluate": 10.0},
+    }
+
+
+def test_ablation_runs_are_added_to_a_kept_main_configuration(tmp_path, monkeypatch):
+    import benchmarks.common
+    import benchmarks.lm
+
+    from fmrilm.lm.training import DEFAULT_CONFIG, merge_config
+
+    results = tmp_path / "results"
+    monkeypatch.setattr(benchmarks.lm, "RESULTS", results)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", results)
+    monkeypatch.setattr(benchmarks.common, "DOCS", tmp_path / "benchmarks.md")
+    main_cfg = tmp_path / "lm.yaml"
+    main_cfg.write_text("model:\n  layout: summary\n")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(
+        json.dumps(
+            {
+                "age_mae": 2.86,
+                "heldout_sites_age_mae": 3.83,
+                "config": "configs/lm.yaml",
+                "commit": "abc123",
+                "date": "2026-12-02T10:00:00Z",
+                "ablations": {"reference": {"age_mae": 2.86}, "compact": {"age_mae": 4.98}},
+                "runs": {"site_stratified": {"scheme": "site_stratified"}},
+            }
+        )
+    )
+    run = tmp_path / "runs" / "stride"
+    for scheme, mae in (("site_stratified", 3.1), ("heldout_sites", 4.2)):
+        folder = run / scheme
+        (folder / "model").mkdir(parents=True)
+        cfg = merge_config(
+            DEFAULT_CONFIG,
+            {
+                "model": {"layout": "summary"},
+                "data": {"train_stride": 20},
+                "scheme": scheme,
+                "out_dir": str(folder),
+                "train": {"max_steps": 600},
+            },
+        )
+        (folder / "config.resolved.json").write_text(json.dumps(cfg))
+        (folder / "train_summary.json").write_text(
+            json.dumps({"global_step": 600, "train_seconds": 100.0})
+        )
+        (folder / "results.json").write_text(json.dumps(_fake_results(scheme, mae)))
+        (folder / "results.txt").write_text(f"{scheme} table\n")
+    store = tmp_path / "store"
+    store.mkdir()
+    argv = ["--store", str(store), "--config", str(main_cfg), "--keep-main"]
+    argv += ["--ablation-run", f"train_stride_20={run}", "--no-ablations"]
+    with pytest.raises(SystemExit, match="--carry-ablations"):
+        benchmarks.lm.main(argv)
+    assert benchmarks.lm.main([*argv, "--carry-ablations", str(earlier)]) == 0
+    out = json.loads((results / "lm.json").read_text())
+    assert out["age_mae"] == 2.86 and out["heldout_sites_age_mae"] == 3.83  # main kept
+    assert out["main_carried_from"]["commit"] == "abc123"
+    assert out["ablations"]["reference"] == {"age_mae": 2.86}
+    assert out["ablations"]["compact"]["carried_from"]["commit"] == "abc123"
+    added = out["ablations"]["train_stride_20"]
+    assert added["age_mae"] == 3.1 and added["heldout_sites"]["age_mae"] == 4.2
+    assert added["config_differences"] == {
+        "data.train_stride": 20,
+        "train.max_steps": 600,
+    }
+    assert set(out["runs"]) == {
+        "site_stratified",
+        "train_stride_20@site_stratified",
+        "train_stride_20@heldout_sites",
+    }
+    assert "heldout_sites table" in (results / "lm_tables.md").read_text()
+
+
+def test_an_unfinished_ablation_run_is_refused(tmp_path):
+    from benchmarks.lm import ablation_run_specs
+
+    folder = tmp_path / "site_stratified"
+    folder.mkdir()
+    (folder / "config.resolved.json").write_text(
+        json.dumps({"out_dir": str(folder), "train": {"max_steps": 600}})
+    )
+    with pytest.raises(SystemExit, match="not finished"):
+        ablation_run_specs("x", tmp_path, 10)
+    with pytest.raises(SystemExit, match="no finished run"):
+        ablation_run_specs("x", tmp_path / "missing", 10)

@@ -282,3 +282,42 @@ def test_short_windows_need_the_summary_layout(sample_store, tiny_lm_dir, tmp_pa
     cfg["data"] = {"min_window_length": 60}  # the compact layout reads the codes themselves
     with pytest.raises(ValueError, match="only the summary layout"):
         train(cfg, fmri_tokenizer=_tokenizer())
+
+
+def test_train_stride_overlaps_training_windows_only(sample_store, tiny_lm_dir, tmp_path):
+    """``data.train_stride`` adds training windows; validation and the model keep ``stride``."""
+    from fmrilm.lm.training import encode_windows
+
+    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "stride", steps=1, val_every_n_steps=1)
+    cfg["data"] = {"stride": 80, "train_stride": 20}
+    res = train(cfg, fmri_tokenizer=_tokenizer())
+    expected = {}
+    for split, stride in (("train", 20), ("val", 80)):
+        enc = encode_windows(
+            sample_store,
+            _tokenizer(),
+            split=split,
+            scheme="site_stratified",
+            window_length=160,
+            stride=stride,
+        )
+        expected[split] = enc
+        cached = np.load(tmp_path / "stride" / f"codes_site_stratified_{split}.npz")
+        np.testing.assert_array_equal(cached["start"], enc["start"])
+        np.testing.assert_array_equal(cached["codes"], enc["codes"])
+    every_80 = encode_windows(
+        sample_store,
+        _tokenizer(),
+        split="train",
+        scheme="site_stratified",
+        window_length=160,
+        stride=80,
+    )
+    assert len(expected["train"]["codes"]) > len(every_80["codes"])
+    assert res["n_train_windows"] == len(expected["train"]["codes"])
+    assert res["train_stride"] == 20
+    assert res["model"].config.stride == 80  # scans are still answered every 80 points
+    assert res["model"].config.extra["train_stride"] == 20
+    cfg["data"]["train_stride"] = 0
+    with pytest.raises(ValueError, match="train_stride"):
+        train({**cfg, "out_dir": str(tmp_path / "zero")}, fmri_tokenizer=_tokenizer())

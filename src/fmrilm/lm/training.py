@@ -88,6 +88,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "data": {
         "window_length": None,
         "stride": 80,
+        "train_stride": None,
         "min_window_length": None,
         "encode_batch_size": 64,
     },
@@ -542,6 +543,10 @@ def train(
     tok_cfg = fmri_tokenizer.config
     window_length = int(dcfg["window_length"] or getattr(tok_cfg, "window_length", 160))
     stride = int(dcfg["stride"])
+    # training windows may overlap more than the evaluated ones: more distinct windows per scan
+    train_stride = stride if dcfg.get("train_stride") is None else int(dcfg["train_stride"])
+    if train_stride < 1:
+        raise ValueError(f"data.train_stride must be >= 1, got {train_stride}")
     min_window_length = dcfg.get("min_window_length")
     min_window_length = None if min_window_length is None else int(min_window_length)
     # refused before the windows are encoded: only the summary layout reads short windows
@@ -550,20 +555,20 @@ def train(
     ).validate()
 
     # 1. codes of the training (and validation) windows, cached
-    stamp = json.dumps(
-        {
-            "store": str(Path(cfg["store"]).resolve()),
-            "fmri_tokenizer": str(cfg["fmri_tokenizer"]),
-            "tokenizer_config": _config_repr(tok_cfg),
-            "window_length": window_length,
-            "stride": stride,
-            "min_window_length": min_window_length,
-        },
-        sort_keys=True,
-        default=str,
-    )
-
     def split_codes(split: str) -> dict[str, np.ndarray]:
+        split_stride = train_stride if split == "train" else stride
+        stamp = json.dumps(
+            {
+                "store": str(Path(cfg["store"]).resolve()),
+                "fmri_tokenizer": str(cfg["fmri_tokenizer"]),
+                "tokenizer_config": _config_repr(tok_cfg),
+                "window_length": window_length,
+                "stride": split_stride,
+                "min_window_length": min_window_length,
+            },
+            sort_keys=True,
+            default=str,
+        )
         cache = out_dir / f"codes_{scheme}_{split}.npz"
         if cache.exists():
             enc = dict(np.load(cache))
@@ -575,7 +580,7 @@ def train(
             split=split,
             scheme=scheme,
             window_length=window_length,
-            stride=stride,
+            stride=split_stride,
             batch_size=int(dcfg["encode_batch_size"]),
             min_window_length=min_window_length,
         )
@@ -644,6 +649,7 @@ def train(
         extra={
             "store": str(cfg["store"]),
             "fmri_tokenizer": str(cfg["fmri_tokenizer"]) if cfg["fmri_tokenizer"] else None,
+            "train_stride": train_stride,
             "scaler": {
                 "scheme": scheme,
                 "median": np.asarray(scaler.median, dtype=float).tolist(),
@@ -790,6 +796,7 @@ def train(
         "tokens_per_second": tokens / seconds if seconds > 0 else None,
         "windows_per_second": throughput.steps * bs / seconds if seconds > 0 else None,
         "n_train_windows": int(dataset.n),
+        "train_stride": train_stride,
         "n_scans_without_window": int(enc["n_scans_without_window"]),
         "n_short_windows": int(enc["n_short_windows"]),
         "parameters": n_params,
