@@ -190,7 +190,12 @@ def finished_training(config: dict) -> float | None:
     if not all(p.exists() for p in paths):
         return None
     want = json.loads(json.dumps(merge_config(DEFAULT_CONFIG, config), default=str))
-    have = json.loads(paths[0].read_text())
+    try:  # keys added to the defaults since, at their default values, are the same training
+        have = json.loads(
+            json.dumps(merge_config(DEFAULT_CONFIG, json.loads(paths[0].read_text())))
+        )
+    except ValueError:  # a key the defaults no longer know
+        return None
     # a run moved to the job's folder is the same training
     if {**have, "out_dir": None} != {**want, "out_dir": None}:
         return None

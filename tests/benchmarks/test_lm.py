@@ -66,6 +66,10 @@ def test_a_finished_training_of_the_same_config_is_adopted(tmp_path):
         json.dumps({"global_step": 600, "train_seconds": 2400.0})
     )
     assert finished_training(config) == 2400.0
+    older = json.loads(json.dumps(resolved))
+    del older["train"]["keep_freed_memory"]  # written before that key existed
+    (out / "config.resolved.json").write_text(json.dumps(older))
+    assert finished_training(config) == 2400.0
     moved = {**config, "out_dir": str(tmp_path / "elsewhere")}
     (tmp_path / "elsewhere").symlink_to(out)
     assert finished_training(moved) == 2400.0  # the same training, found in another folder

@@ -321,3 +321,20 @@ def test_train_stride_overlaps_training_windows_only(sample_store, tiny_lm_dir, 
     cfg["data"]["train_stride"] = 0
     with pytest.raises(ValueError, match="train_stride"):
         train({**cfg, "out_dir": str(tmp_path / "zero")}, fmri_tokenizer=_tokenizer())
+
+
+def test_keep_freed_memory_is_applied_only_when_asked(
+    sample_store, tiny_lm_dir, tmp_path, monkeypatch
+):
+    import fmrilm.memory
+
+    calls = []
+    # recorded, not applied: mallopt would change this whole test process's allocator
+    monkeypatch.setattr(fmrilm.memory, "keep_freed_memory_for_reuse", lambda: calls.append(1))
+    train(
+        _config(sample_store, tiny_lm_dir, tmp_path / "off", steps=1), fmri_tokenizer=_tokenizer()
+    )
+    assert calls == []
+    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "on", steps=1, keep_freed_memory=True)
+    train(cfg, fmri_tokenizer=_tokenizer())
+    assert calls == [1]

@@ -36,6 +36,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from fmrilm import memory
 from fmrilm.lm.config import LMConfig
 from fmrilm.lm.model import FMRILanguageModel
 from fmrilm.lm.summary import PAD_CODE
@@ -109,6 +110,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "num_threads": None,
         "val_every_n_steps": None,
         "keep": "last",
+        # glibc malloc keeps freed memory for reuse (fmrilm.memory): steps ~13% faster in one
+        # profiling comparison; off by default, the recorded LM runs did not use it
+        "keep_freed_memory": False,
     },
 }
 
@@ -525,6 +529,8 @@ def train(
     cfg = merge_config(DEFAULT_CONFIG, config)
     if cfg["train"]["num_threads"]:
         torch.set_num_threads(int(cfg["train"]["num_threads"]))
+    if cfg["train"]["keep_freed_memory"]:
+        memory.keep_freed_memory_for_reuse()
     seed = int(cfg["seed"])
     L.seed_everything(seed, workers=True)
     mcfg, dcfg, tcfg = cfg["model"], cfg["data"], cfg["train"]
