@@ -347,6 +347,22 @@ def main(argv: list[str] | None = None) -> int:
     return summarize(specs, args, wall)
 
 
+def heldout_sites_figures(flat: dict) -> dict:
+    """The ``heldout_sites_*`` keys of a flat summary, without their prefix."""
+    prefix = "heldout_sites_"
+    return {k.removeprefix(prefix): v for k, v in flat.items() if k.startswith(prefix)}
+
+
+def read_earlier(path: Path) -> tuple[dict, dict]:
+    """An earlier results file and its origin record (``file``, ``commit``, ``date``)."""
+    earlier = json.loads(Path(path).read_text())
+    return earlier, {
+        "file": str(path),
+        "commit": earlier.get("commit"),
+        "date": earlier.get("date"),
+    }
+
+
 def carried_ablations(path: Path, taken: set[str]) -> dict[str, dict]:
     """The ablations of an earlier results file, each marked with where it was measured.
 
@@ -356,8 +372,7 @@ def carried_ablations(path: Path, taken: set[str]) -> dict[str, dict]:
     and takes its ``heldout_sites_*`` figures along; entries whose names this invocation measured
     again are not carried.
     """
-    earlier = json.loads(Path(path).read_text())
-    origin = {"file": str(path), "commit": earlier.get("commit"), "date": earlier.get("date")}
+    earlier, origin = read_earlier(path)
     out = {}
     for name, entry in earlier.get("ablations", {}).items():
         entry = {**entry, "carried_from": {**entry.get("carried_from", origin)}}
@@ -365,11 +380,7 @@ def carried_ablations(path: Path, taken: set[str]) -> dict[str, dict]:
             name = f"previous_main_{str(earlier.get('date', 'unknown'))[:10]}"
             if name in earlier.get("ablations", {}) or name in taken:
                 name = f"{name}_{earlier.get('commit')}"
-            entry["heldout_sites"] = {
-                k.removeprefix("heldout_sites_"): v
-                for k, v in earlier.items()
-                if k.startswith("heldout_sites_")
-            }
+            entry["heldout_sites"] = heldout_sites_figures(earlier)
             entry["config"] = earlier.get("config", "configs/lm.yaml")
         if name not in taken:
             out[name] = entry
@@ -378,8 +389,7 @@ def carried_ablations(path: Path, taken: set[str]) -> dict[str, dict]:
 
 def kept_main(path: Path) -> dict:
     """An earlier results file's main configuration and ablations, to add ablations to."""
-    earlier = json.loads(Path(path).read_text())
-    origin = {"file": str(path), "commit": earlier.get("commit"), "date": earlier.get("date")}
+    earlier, origin = read_earlier(path)
     out = {k: v for k, v in earlier.items() if k not in ("commit", "date", "machine")}
     out["main_carried_from"] = earlier.get("main_carried_from", origin)
     out["ablations"] = {
@@ -412,12 +422,8 @@ def ablation_run_entries(specs: list[dict], results: dict, config_path: Path | N
             entry["run_dir"] = str(Path(s["config"]["out_dir"]).parent)
             out[name] = {**entry, **out.get(name, {})}
         else:
-            held = flat_summary({"heldout_sites": r})
-            out.setdefault(name, {})["heldout_sites"] = {
-                k.removeprefix("heldout_sites_"): v
-                for k, v in held.items()
-                if k.startswith("heldout_sites_")
-            }
+            held = heldout_sites_figures(flat_summary({"heldout_sites": r}))
+            out.setdefault(name, {})["heldout_sites"] = held
     return out
 
 
@@ -467,9 +473,10 @@ def summarize(specs: list[dict], args, wall: float) -> int:
         out["jobs_wall_seconds_sum"] = jobs_wall
         out["parallel_jobs"] = args.parallel
     tables_path = RESULTS / f"{args.result_name}_tables.md"
-    kept = args.keep_main and tables_path.exists()
-    tables = tables_path.read_text().rstrip().split("\n") + [""] if kept else []
-    tables = tables or ["# fMRI LM benchmark tables", ""]
+    if args.keep_main and tables_path.exists():  # the kept main run's tables stay first
+        tables = tables_path.read_text().rstrip().split("\n") + [""]
+    else:
+        tables = ["# fMRI LM benchmark tables", ""]
     for name, s in zip(results, specs, strict=True):
         text = (Path(s["config"]["out_dir"]) / "results.txt").read_text()
         tables += [f"## {name}", "", "```", text.rstrip(), "```", ""]
