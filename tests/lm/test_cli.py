@@ -6,6 +6,7 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 
 from fmrilm.cli import lm as cli_lm
 
@@ -48,10 +49,14 @@ def test_cli_train_evaluate_predict(
             "2",
             "--targets",
             "age,sex",
+            "--set",
+            "train.weight_decay=0.01",
         ]
     )
     assert rc == 0
     assert (out / "model" / "fmri_tokenizer" / "config.json").exists()
+    resolved = json.loads((out / "config.resolved.json").read_text())
+    assert resolved["train"]["weight_decay"] == 0.01 and resolved["train"]["max_steps"] == 2
     results = tmp_path / "results.json"
     rc = _run(
         [
@@ -111,3 +116,13 @@ def test_cli_train_evaluate_predict(
         )
         == 0
     )
+
+
+def test_cli_train_refuses_a_set_that_an_option_also_gives(tmp_path):
+    argv = ["lm", "train", "--store", str(tmp_path), "--max-steps", "2"]
+    with pytest.raises(ValueError, match="give it once"):
+        _run([*argv, "--set", "train.max_steps=3"])
+    with pytest.raises(ValueError, match="give it once"):
+        _run([*argv, "--set", "train={max_steps: 3}"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        _run(["lm", "train", "--store", str(tmp_path), "--set", "novalue"])

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmrilm.cli.tokenizer import add_parser, apply_overrides, run
+from fmrilm.cli import apply_sets
+from fmrilm.cli.tokenizer import add_parser, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,16 +23,18 @@ def _parser():
 
 def test_overrides_parse_yaml_values():
     cfg = {"train": {"lr": 1.0}}
-    apply_overrides(
-        cfg, ["train.lr=0.003", "model.align=false", "train.mask_ratios=[0.0, 0.5]", "x=y"]
-    )
+    apply_sets(cfg, ["train.lr=0.003", "model.align=false", "train.mask_ratios=[0.0, 0.5]", "x=y"])
     assert cfg == {
         "train": {"lr": 0.003, "mask_ratios": [0.0, 0.5]},
         "model": {"align": False},
         "x": "y",
     }
-    with pytest.raises(SystemExit):
-        apply_overrides({}, ["novalue"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        apply_sets({}, ["novalue"])
+    with pytest.raises(ValueError, match="not a mapping"):
+        apply_sets({"train": 3}, ["train.lr=0.1"])
+    with pytest.raises(ValueError, match="give it once"):
+        apply_sets({}, ["out_dir=a"], given={"out_dir"})
 
 
 def test_parser_has_all_commands():

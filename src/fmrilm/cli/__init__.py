@@ -25,6 +25,37 @@ def csv_list(text: str) -> list[str]:
     return items
 
 
+def apply_sets(cfg: dict, items: list[str] | None, given: set[str] = frozenset()) -> dict:
+    """Apply ``--set KEY=VALUE`` overrides (dotted keys, YAML values) to a nested dict in place.
+
+    ``given`` names the keys that dedicated options already set (dotted for nested ones): a
+    ``--set`` of the same key, or of one inside or above it, is refused rather than left to
+    silently win or lose.
+    """
+    import yaml
+
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        if any(key == g or key.startswith(g + ".") or g.startswith(key + ".") for g in given):
+            raise ValueError(f"--set {item!r} and an option both set {key!r}: give it once")
+        set_dotted(cfg, key, yaml.safe_load(raw) if raw != "" else "")
+    return cfg
+
+
+def set_dotted(cfg: dict, key: str, value) -> None:
+    """``cfg["a"]["b"] = value`` for ``key="a.b"``, creating missing levels."""
+    node = cfg
+    *parents, leaf = key.split(".")
+    for name in parents:
+        node = node.setdefault(name, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"config key {key!r}: {name!r} is not a mapping")
+    node[leaf] = value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmrilm", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fmrilm.cli import csv_list
+from fmrilm.cli import apply_sets, csv_list, set_dotted
 
 __all__ = ["add_parser", "read_scan", "run_train", "run_evaluate", "run_predict", "run_summarize"]
 
@@ -65,6 +65,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key (dotted, YAML value), e.g. --set train.weight_decay=0.1",
+    )
     t.set_defaults(run=run_train, func=run_train)
 
     e = sub.add_parser("evaluate", help="LM and baselines on the same split, with bootstrap CIs")
@@ -111,6 +119,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+# train options -> the config keys they set (dotted for nested ones)
+_TRAIN_FLAGS = {
+    "store": "store",
+    "fmri_tokenizer": "fmri_tokenizer",
+    "scheme": "scheme",
+    "out_dir": "out_dir",
+    "base_model": "base_model",
+    "gguf_file": "gguf_file",
+    "targets": "targets",
+    "seed": "seed",
+    "layout": "model.layout",
+    "init": "model.init",
+    "finetune": "model.finetune",
+    "lora_r": "model.lora_r",
+    "max_steps": "train.max_steps",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+}
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Merge the config file and flags, train, print the summary."""
     from fmrilm.lm.config import load_config_file
@@ -118,27 +146,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     _threads(args)
     cfg = load_config_file(args.config) if args.config else {}
-    cfg.setdefault("model", {})
-    cfg.setdefault("train", {})
-    for flag, key in (
-        ("store", "store"),
-        ("fmri_tokenizer", "fmri_tokenizer"),
-        ("scheme", "scheme"),
-        ("out_dir", "out_dir"),
-        ("base_model", "base_model"),
-        ("gguf_file", "gguf_file"),
-        ("targets", "targets"),
-        ("seed", "seed"),
-    ):
-        v = getattr(args, flag)
-        if v is not None:
-            cfg[key] = str(v) if isinstance(v, Path) else v
-    for flag in ("layout", "init", "finetune", "lora_r"):
-        if getattr(args, flag) is not None:
-            cfg["model"][flag] = getattr(args, flag)
-    for flag in ("max_steps", "batch_size", "lr"):
-        if getattr(args, flag) is not None:
-            cfg["train"][flag] = getattr(args, flag)
+    given = set()
+    for flag, key in _TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        set_dotted(cfg, key, str(value) if isinstance(value, Path) else value)
+        given.add(key)
+    apply_sets(cfg, args.overrides, given)
     if not cfg.get("store") or not Path(cfg["store"]).exists():
         raise FileNotFoundError(f"store {cfg.get('store')!r} does not exist")
     res = train(cfg, resume=args.resume)

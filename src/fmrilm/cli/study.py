@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fmrilm.cli import csv_list
+from fmrilm.cli import apply_sets, csv_list
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -61,24 +61,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _apply_sets(data: dict, items: list[str]) -> dict:
-    import yaml
-
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        value = yaml.safe_load(raw)
-        node = data
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node.setdefault(name, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {item!r}: {name!r} is not a mapping")
-        node[leaf] = value
-    return data
-
-
 def build_config(args: argparse.Namespace):
     """The :class:`StudyConfig` of the config file with the command-line overrides applied."""
     import dataclasses
@@ -107,11 +89,6 @@ def build_config(args: argparse.Namespace):
     }
     given = {k for k, v in simple.items() if v is not None}
     given |= {f"budget.{k}" for k in ("steps", "max_seconds") if getattr(args, k) is not None}
-    for item in args.set:
-        key = item.partition("=")[0]
-        # an option and a --set of the same key: refuse rather than let one silently win
-        if any(key == g or key.startswith(g + ".") or g.startswith(key + ".") for g in given):
-            raise ValueError(f"--set {item!r} and an option both set {key!r}: give it once")
     data.update({k: v for k, v in simple.items() if v is not None})
     budget = dict(data.get("budget") or {})
     if args.steps is not None:
@@ -119,7 +96,7 @@ def build_config(args: argparse.Namespace):
     if args.max_seconds is not None:
         budget["max_seconds"] = args.max_seconds
     data["budget"] = budget
-    data = _apply_sets(data, args.set)
+    data = apply_sets(data, args.set, given)
     known = {f.name for f in dataclasses.fields(StudyConfig)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -10,35 +10,21 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["add_parser", "run", "load_config", "apply_overrides"]
+from fmrilm.cli import apply_sets
+
+__all__ = ["add_parser", "run", "load_config"]
 
 
-def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested dict in place."""
-    import yaml
-
-    for item in overrides or []:
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = cfg
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = value
-    return cfg
-
-
-def load_config(path: str | None, overrides: list[str] | None = None) -> dict:
+def load_config(
+    path: str | None, overrides: list[str] | None = None, given: set[str] = frozenset()
+) -> dict:
+    """The YAML config at ``path`` (or an empty one) with ``--set`` overrides applied."""
     import yaml
 
     cfg: dict = {}
     if path:
         cfg = yaml.safe_load(Path(path).read_text()) or {}
-    return apply_overrides(cfg, overrides)
+    return apply_sets(cfg, overrides)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -134,7 +120,7 @@ def run(args) -> int:
 def _train(args) -> int:
     from fmrilm.tokenizer.training import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, {"out_dir"} if args.out_dir else set())
     if args.out_dir:
         cfg["out_dir"] = args.out_dir
     res = train(cfg, resume=args.resume)
