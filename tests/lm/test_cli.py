@@ -75,6 +75,20 @@ def test_cli_train_evaluate_predict(
     assert rc == 0
     res = json.loads(results.read_text())
     assert res["parse_failures"] == 0 and "age_mae" in res["summary"]
+    # an ensemble of a model with itself answers as the model does
+    twice = tmp_path / "twice.json"
+    argv = ["lm", "evaluate", str(out / "model"), str(out / "model"), str(sample_store.path)]
+    assert _run([*argv, "--n-bootstrap", "10", "--baselines", "trivial", "--out", str(twice)]) == 0
+    ens = json.loads(twice.read_text())
+    assert [m["source"] for m in ens["model"]["ensemble"]] == [str(out / "model")] * 2
+    single = {(p["scan_id"], p["task"]): p for p in res["predictions"]}
+    for p in ens["predictions"]:
+        ref = single[(p["scan_id"], p["task"])]
+        if "value" in p:
+            assert p["value"] == pytest.approx(ref["value"], rel=1e-4)
+        else:
+            for k, v in p["probabilities"].items():
+                assert v == pytest.approx(ref["probabilities"][k], abs=1e-4)
     summary = tmp_path / "lm.json"
     rc = _run(
         ["lm", "summarize", str(results), "--ablation", f"random={results}", "--out", str(summary)]
@@ -90,7 +104,11 @@ def test_cli_train_evaluate_predict(
     assert _run(["lm", "predict", str(out / "model"), str(scan), "--question", "age"]) == 0
     assert "90% interval" in capsys.readouterr().out
     assert _run(["lm", "predict", str(out / "model"), str(scan), "--question", "sex"]) == 0
-    assert "p = " in capsys.readouterr().out
+    alone = capsys.readouterr().out
+    assert "p = " in alone
+    model = str(out / "model")
+    assert _run(["lm", "predict", model, model, str(scan), "--question", "sex"]) == 0
+    assert capsys.readouterr().out == alone
     # resume: nothing left to do, the step count is kept
     assert (
         _run(

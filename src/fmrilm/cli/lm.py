@@ -76,7 +76,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.set_defaults(run=run_train, func=run_train)
 
     e = sub.add_parser("evaluate", help="LM and baselines on the same split, with bootstrap CIs")
-    e.add_argument("model", type=Path, metavar="MODEL", help="model folder (OUT/model)")
+    e.add_argument(
+        "model",
+        type=Path,
+        nargs="+",
+        metavar="MODEL",
+        help="model folder (OUT/model); several: their ensemble (mean answer distribution)",
+    )
     e.add_argument("store", type=Path, metavar="STORE", help="dataset store folder")
     e.add_argument("--scheme", default=None, help="split scheme (default: the model's)")
     e.add_argument("--split", default="test", help="split evaluated (default: test)")
@@ -105,7 +111,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     m.set_defaults(run=run_summarize, func=run_summarize)
 
     q = sub.add_parser("predict", help="answer a question for a new scan")
-    q.add_argument("model", type=Path, metavar="MODEL", help="model folder (OUT/model)")
+    q.add_argument(
+        "model",
+        type=Path,
+        nargs="+",
+        metavar="MODEL",
+        help="model folder (OUT/model); several: their ensemble",
+    )
     q.add_argument("scan", type=Path, metavar="SCAN", help="time-series file (T x R) or NIfTI")
     q.add_argument("--question", "--task", dest="question", required=True, help="task name")
     q.add_argument("--atlas", default=None, help="atlas image for a NIfTI scan")
@@ -170,19 +182,19 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(model_dir: Path, device: str = "cpu"):
+def _load(model_dirs: list[Path], device: str = "cpu"):
+    """One model folder's model, or several folders' ensemble, on ``device``."""
     import torch
 
-    from fmrilm.lm.model import FMRILanguageModel
+    from fmrilm.lm.ensemble import load_models
 
-    if not Path(model_dir).exists():
-        raise FileNotFoundError(f"model folder {str(model_dir)!r} does not exist")
-    model = FMRILanguageModel.from_pretrained(model_dir)
+    model = load_models(list(model_dirs))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    if isinstance(model.fmri_tokenizer, torch.nn.Module):
-        model.fmri_tokenizer.to(device)
+    for m in getattr(model, "members", [model]):
+        m.to(device)
+        if isinstance(m.fmri_tokenizer, torch.nn.Module):
+            m.fmri_tokenizer.to(device)
     return model
 
 

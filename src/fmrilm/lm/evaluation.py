@@ -301,13 +301,7 @@ def evaluate(
         {
             "scheme": scheme,
             "split": split,
-            "model": {
-                "layout": model.layout.describe(),
-                "init": model.config.init,
-                "finetune": model.config.finetune,
-                "base_model": model.config.base_model,
-                "parameters": model.n_parameters(),
-            },
+            "model": model.describe(),
             "parse_failures": int(parse_failures),
             "n_scans_without_window": pred["n_scans_without_window"],
             "n_short_windows": pred["n_short_windows"],
@@ -317,7 +311,7 @@ def evaluate(
             "lm_scans_per_second": pred["scans_per_second"],
             "baseline_seconds": baseline_seconds,
             "balanced_probabilities": balanced,
-            "train_summary": model.config.extra.get("train_summary"),
+            "train_summary": model.train_summary,
             "predictions": per_scan,
         }
     )
@@ -531,11 +525,17 @@ def format_results(results: dict[str, Any]) -> str:
 
     lines = [format_table(results).replace("Clinical baselines", "fMRI LM and baselines", 1)]
     m = results.get("model", {})
+    members = m.get("ensemble") or [m]
+    described = " + ".join(
+        f"{x.get('base_model')} ({x.get('finetune')}, init {x.get('init')}, layout "
+        f"{x.get('layout', {}).get('kind')} {x.get('layout', {}).get('tokens_per_window')} "
+        "tokens/window)"
+        for x in members
+    )
     lines.append("")
     lines.append(
-        f"LM: {m.get('base_model')} ({m.get('finetune')}, init {m.get('init')}, layout "
-        f"{m.get('layout', {}).get('kind')} {m.get('layout', {}).get('tokens_per_window')} "
-        f"tokens/window); parse failures: {results.get('parse_failures')}; scans too short "
+        f"{'LM ensemble' if 'ensemble' in m else 'LM'}: {described}; "
+        f"parse failures: {results.get('parse_failures')}; scans too short "
         f"for a window: {results.get('n_scans_without_window')}; answered from one shorter "
         f"window: {results.get('n_short_windows', 0)}; "
         f"{results.get('lm_scans_per_second', 0):.2f} scans/s"

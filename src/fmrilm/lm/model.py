@@ -192,6 +192,21 @@ class FMRILanguageModel(nn.Module):
             "trainable": sum(p.numel() for p in self.trainable_parameters().values()),
         }
 
+    def describe(self) -> dict[str, Any]:
+        """What an evaluation records about the model."""
+        return {
+            "layout": self.layout.describe(),
+            "init": self.config.init,
+            "finetune": self.config.finetune,
+            "base_model": self.config.base_model,
+            "parameters": self.n_parameters(),
+        }
+
+    @property
+    def train_summary(self) -> dict[str, Any] | None:
+        """The training record saved with the model (steps, seconds, throughput), if any."""
+        return self.config.extra.get("train_summary")
+
     def task(self, name: str) -> TaskSpec:
         for t in self.tasks:
             if t.name == name:
