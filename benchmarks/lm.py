@@ -22,7 +22,10 @@ of its scheme, in its own process with one torch thread, ``--parallel`` at a tim
 ``--ablation-run NAME=RUN_DIR`` adds a configuration trained beforehand with ``fmrilm lm train``
 (``RUN_DIR/site_stratified`` and, when it exists, ``RUN_DIR/heldout_sites``, each a finished run
 with any config): it is evaluated beside every baseline and listed under ``ablations`` with its
-config's differences from ``--config``. ``--keep-main`` (with ``--carry-ablations``) runs no main
+config's differences from ``--config``. ``--ensemble-run NAME=RUN_DIR,RUN_DIR,...`` evaluates the
+ensemble of such runs (``fmrilm.lm.ensemble.LMEnsemble``) on each scheme all of them were trained
+on, listed under ``ablations`` with each member's differences; its training time is the sum of
+the members'. ``--keep-main`` (with ``--carry-ablations``) runs no main
 job and keeps the earlier file's main configuration and figures, marked ``main_carried_from``.
 
 A job whose ``results.json`` exists is not run again (so the benchmark resumes); ``--reevaluate
@@ -126,6 +129,11 @@ def jobs(args) -> list[dict]:
             out.append(spec(scheme, scheme, {}, None))
     for name, run_dir in named_paths(args.ablation_run, "--ablation-run").items():
         out += ablation_run_specs(name, run_dir, args.bootstrap)
+    for item in args.ensemble_run:
+        name, sep, dirs = item.partition("=")
+        if not sep or not name or "," not in dirs:
+            raise SystemExit(f"--ensemble-run expects NAME=RUN_DIR,RUN_DIR[,...], got {item!r}")
+        out += ensemble_run_specs(name, [Path(d) for d in dirs.split(",")], args)
     if not args.no_ablations:
         names = args.ablations or list(ABLATIONS)
         unknown = sorted(set(names) - set(ABLATIONS))
@@ -158,6 +166,48 @@ def ablation_run_specs(name: str, run_dir: Path, n_bootstrap: int) -> list[dict]
         )
     if not specs or specs[0]["config"]["scheme"] != "site_stratified":
         raise SystemExit(f"--ablation-run {name}: no finished run in {run_dir}/site_stratified")
+    return specs
+
+
+def ensemble_run_specs(name: str, run_dirs: list[Path], args) -> list[dict]:
+    """Evaluation jobs of the ensemble of several finished runs, per scheme all of them have.
+
+    Each member is a ``--ablation-run``-style folder (``RUN_DIR/<scheme>``, trained with
+    ``fmrilm lm train``); the ensemble's results go to ``OUT_DIR/NAME/<scheme>``.
+    """
+    specs = []
+    for scheme in ("site_stratified", "heldout_sites"):
+        members = [Path(d) / scheme for d in run_dirs]
+        found = [(m / "config.resolved.json").exists() for m in members]
+        if not any(found):
+            continue
+        if not all(found):
+            missing = [str(m) for m, f in zip(members, found, strict=True) if not f]
+            raise SystemExit(f"--ensemble-run {name}: no run in {missing} ({scheme})")
+        configs = []
+        for m in members:
+            config = json.loads((m / "config.resolved.json").read_text())
+            config["out_dir"] = str(m)
+            if finished_training(config) is None:
+                raise SystemExit(f"--ensemble-run {name}: {m} has not finished training")
+            configs.append(config)
+        specs.append(
+            {
+                "name": f"{name}@{scheme}",
+                "ablation_run": name,
+                "ensemble": [str(m / "model") for m in members],
+                "member_configs": configs,
+                "config": {
+                    "out_dir": str(Path(args.out_dir) / name / scheme),
+                    "store": str(args.store),
+                    "scheme": scheme,
+                },
+                "baselines": None,
+                "n_bootstrap": args.bootstrap,
+            }
+        )
+    if not specs or specs[0]["config"]["scheme"] != "site_stratified":
+        raise SystemExit(f"--ensemble-run {name}: the runs lack site_stratified")
     return specs
 
 
@@ -210,13 +260,17 @@ def run_job(spec: dict) -> dict:
     import torch
 
     from fmrilm.evaluation.report import json_default
+    from fmrilm.lm.ensemble import load_models
     from fmrilm.lm.evaluation import evaluate, format_results
     from fmrilm.lm.model import FMRILanguageModel
     from fmrilm.lm.training import train
 
     torch.set_num_threads(1)
     out_dir = Path(spec["config"]["out_dir"])
-    if spec.get("evaluate_only"):  # the trained model, evaluated again by the current code
+    if spec.get("ensemble"):  # members trained beforehand: their fit times add up
+        train_wall = sum(finished_training(c) for c in spec["member_configs"])
+        model_dir = None
+    elif spec.get("evaluate_only"):  # the trained model, evaluated again by the current code
         earlier = json.loads((out_dir / "results.json").read_text())
         train_wall = earlier["wall_seconds"]["train"]
         model_dir = out_dir / "model"
@@ -229,9 +283,13 @@ def run_job(spec: dict) -> dict:
         t0 = time.time()
         model_dir = train(spec["config"], resume=True)["model_dir"]
         train_wall = time.time() - t0
-    summary = json.loads((out_dir / "train_summary.json").read_text())
     t1 = time.time()
-    model = FMRILanguageModel.from_pretrained(model_dir)
+    if spec.get("ensemble"):
+        model = load_models(spec["ensemble"])
+        summary = model.train_summary
+    else:
+        summary = json.loads((out_dir / "train_summary.json").read_text())
+        model = FMRILanguageModel.from_pretrained(model_dir)
     ev = evaluate(
         model,
         spec["config"]["store"],
@@ -315,6 +373,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=RUN_DIR",
         help="a finished `fmrilm lm train` run (RUN_DIR/site_stratified, optionally "
         "RUN_DIR/heldout_sites) evaluated and listed under ablations",
+    )
+    ap.add_argument(
+        "--ensemble-run",
+        action="append",
+        default=[],
+        metavar="NAME=RUN_DIR,RUN_DIR[,...]",
+        help="the ensemble (fmrilm.lm.ensemble) of finished `fmrilm lm train` runs, evaluated "
+        "on each scheme all of them were trained on and listed under ablations",
     )
     ap.add_argument(
         "--keep-main",
@@ -418,8 +484,17 @@ def ablation_run_entries(specs: list[dict], results: dict, config_path: Path | N
         r = results[s["name"]]
         if r["scheme"] == "site_stratified":
             entry = summarize_runs([], {name: r})["ablations"][name]
-            entry["config_differences"] = config_differences(s["config"], reference)
-            entry["run_dir"] = str(Path(s["config"]["out_dir"]).parent)
+            if s.get("ensemble"):
+                entry["ensemble"] = [
+                    {
+                        "run_dir": str(Path(c["out_dir"]).parent),
+                        "config_differences": config_differences(c, reference),
+                    }
+                    for c in s["member_configs"]
+                ]
+            else:
+                entry["config_differences"] = config_differences(s["config"], reference)
+                entry["run_dir"] = str(Path(s["config"]["out_dir"]).parent)
             out[name] = {**entry, **out.get(name, {})}
         else:
             held = heldout_sites_figures(flat_summary({"heldout_sites": r}))

@@ -179,3 +179,82 @@ def test_an_unfinished_ablation_run_is_refused(tmp_path):
         ablation_run_specs("x", tmp_path, 10)
     with pytest.raises(SystemExit, match="no finished run"):
         ablation_run_specs("x", tmp_path / "missing", 10)
+
+
+def _finished_run(folder, scheme: str, **overrides) -> None:
+    from fmrilm.lm.training import DEFAULT_CONFIG, merge_config
+
+    (folder / "model").mkdir(parents=True)
+    cfg = merge_config(
+        DEFAULT_CONFIG,
+        {
+            "scheme": scheme,
+            "out_dir": str(folder),
+            "model": {"layout": "summary"},
+            "train": {"max_steps": 600},
+            **overrides,
+        },
+    )
+    (folder / "config.resolved.json").write_text(json.dumps(cfg))
+    (folder / "train_summary.json").write_text(
+        json.dumps({"global_step": 600, "train_seconds": 100.0})
+    )
+
+
+def test_ensemble_runs_are_evaluated_per_scheme_and_listed_with_their_members(
+    tmp_path, monkeypatch
+):
+    import argparse
+
+    import benchmarks.common
+    import benchmarks.lm
+
+    a, b = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    for scheme in ("site_stratified", "heldout_sites"):
+        _finished_run(a / scheme, scheme)
+        _finished_run(b / scheme, scheme, train={"max_steps": 600, "weight_decay": 1.0})
+    store = tmp_path / "store"
+    store.mkdir()
+    args = argparse.Namespace(out_dir=tmp_path / "bench", store=store, bootstrap=10)
+    specs = benchmarks.lm.ensemble_run_specs("ens", [a, b], args)
+    assert [s["name"] for s in specs] == ["ens@site_stratified", "ens@heldout_sites"]
+    assert specs[0]["ensemble"] == [
+        str(a / "site_stratified" / "model"),
+        str(b / "site_stratified" / "model"),
+    ]
+    assert specs[1]["config"]["out_dir"] == str(tmp_path / "bench" / "ens" / "heldout_sites")
+    with pytest.raises(SystemExit, match="no run in"):
+        benchmarks.lm.ensemble_run_specs("ens", [a, tmp_path / "runs" / "c"], args)
+    _finished_run(tmp_path / "runs" / "c" / "site_stratified", "site_stratified")
+    (tmp_path / "runs" / "c" / "site_stratified" / "train_summary.json").write_text(
+        json.dumps({"global_step": 10, "train_seconds": 5.0})
+    )
+    with pytest.raises(SystemExit, match="not finished"):
+        benchmarks.lm.ensemble_run_specs("ens", [a, tmp_path / "runs" / "c"], args)
+
+    # the benchmark lists the ensemble (its results written beforehand: not evaluated again)
+    results = tmp_path / "results"
+    monkeypatch.setattr(benchmarks.lm, "RESULTS", results)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", results)
+    monkeypatch.setattr(benchmarks.common, "DOCS", tmp_path / "benchmarks.md")
+    for scheme, mae in (("site_stratified", 2.5), ("heldout_sites", 3.5)):
+        folder = tmp_path / "bench" / "ens" / scheme
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(_fake_results(scheme, mae)))
+        (folder / "results.txt").write_text(f"ensemble {scheme}\n")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"age_mae": 2.86, "ablations": {}, "commit": "abc"}))
+    config = tmp_path / "lm.yaml"
+    config.write_text("model:\n  layout: summary\n")
+    argv = ["--store", str(store), "--config", str(config), "--keep-main", "--no-ablations"]
+    argv += ["--carry-ablations", str(earlier), "--out-dir", str(tmp_path / "bench")]
+    assert benchmarks.lm.main([*argv, "--ensemble-run", f"ens={a},{b}"]) == 0
+    entry = json.loads((results / "lm.json").read_text())["ablations"]["ens"]
+    assert entry["age_mae"] == 2.5 and entry["heldout_sites"]["age_mae"] == 3.5
+    assert [m["run_dir"] for m in entry["ensemble"]] == [str(a), str(b)]
+    assert entry["ensemble"][1]["config_differences"] == {
+        "train.max_steps": 600,
+        "train.weight_decay": 1.0,
+    }
+    with pytest.raises(SystemExit, match="NAME=RUN_DIR,RUN_DIR"):
+        benchmarks.lm.main([*argv, "--ensemble-run", f"ens={a}"])
