@@ -127,13 +127,13 @@ def jobs(args) -> list[dict]:
             if scheme not in tokenizers:
                 raise SystemExit(f"--tokenizer {scheme}=FOLDER is required")
             out.append(spec(scheme, scheme, {}, None))
-    for name, run_dir in named_paths(args.ablation_run, "--ablation-run").items():
-        out += ablation_run_specs(name, run_dir, args.bootstrap)
     for item in args.ensemble_run:
         name, sep, dirs = item.partition("=")
         if not sep or not name or "," not in dirs:
             raise SystemExit(f"--ensemble-run expects NAME=RUN_DIR,RUN_DIR[,...], got {item!r}")
         out += ensemble_run_specs(name, [Path(d) for d in dirs.split(",")], args)
+    for name, run_dir in named_paths(args.ablation_run, "--ablation-run").items():
+        out += ablation_run_specs(name, run_dir, args.bootstrap)
     if not args.no_ablations:
         names = args.ablations or list(ABLATIONS)
         unknown = sorted(set(names) - set(ABLATIONS))
