@@ -25,6 +25,13 @@ def csv_list(text: str) -> list[str]:
     return items
 
 
+def add_set_option(parser: argparse.ArgumentParser, help: str, dest: str = "overrides") -> None:
+    """The repeatable ``--set KEY=VALUE`` option that :func:`apply_sets` applies."""
+    parser.add_argument(
+        "--set", dest=dest, action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def apply_sets(cfg: dict, items: list[str] | None, given: set[str] = frozenset()) -> dict:
     """Apply ``--set KEY=VALUE`` overrides (dotted keys, YAML values) to a nested dict in place.
 

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fmrilm.cli import apply_sets, csv_list, set_dotted
+from fmrilm.cli import add_set_option, apply_sets, csv_list, set_dotted
 
 __all__ = ["add_parser", "read_scan", "run_train", "run_evaluate", "run_predict", "run_summarize"]
 
@@ -65,13 +65,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key (dotted, YAML value), e.g. --set train.weight_decay=0.1",
+    add_set_option(
+        t, "override any config key (dotted, YAML value), e.g. --set train.weight_decay=0.1"
     )
     t.set_defaults(run=run_train, func=run_train)
 

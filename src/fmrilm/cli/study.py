@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fmrilm.cli import apply_sets, csv_list
+from fmrilm.cli import add_set_option, apply_sets, csv_list
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -48,12 +48,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--max-seconds", type=float, default=None, help="training seconds per arm (budget)"
     )
     p.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap resamples for CIs")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key (YAML value; dotted for budget.* / lora.*), repeatable",
+    add_set_option(
+        p,
+        "override any config key (YAML value; dotted for budget.* / lora.*), repeatable",
+        dest="set",
     )
     p.add_argument("--no-resume", action="store_true", help="rerun arms that already finished")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

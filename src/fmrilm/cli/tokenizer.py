@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from fmrilm.cli import apply_sets
+from fmrilm.cli import add_set_option, apply_sets
 
 __all__ = ["add_parser", "run", "load_config"]
 
@@ -37,13 +37,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a tokenizer from a YAML config")
     t.add_argument("--config", default="configs/tokenizer.yaml", help="YAML config file")
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.max_steps=100 --set model.align=false",
+    add_set_option(
+        t, "override a config key, e.g. --set train.max_steps=100 --set model.align=false"
     )
     t.add_argument("--out-dir", default=None, help="run folder (overrides out_dir)")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")

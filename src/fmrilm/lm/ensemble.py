@@ -77,11 +77,6 @@ class LMEnsemble:
         ensemble.sources = [str(f) for f in folders]
         return ensemble
 
-    def to(self, device) -> LMEnsemble:
-        for m in self.members:
-            m.to(device)
-        return self
-
     # the attributes the evaluation and answering code read from one model
     @property
     def config(self):
@@ -95,19 +90,8 @@ class LMEnsemble:
     def fmri_tokenizer(self):
         return self.members[0].fmri_tokenizer
 
-    @property
-    def layout(self):
-        return self.members[0].layout
-
     def task(self, name: str) -> TaskSpec:
         return self.members[0].task(name)
-
-    def n_parameters(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for m in self.members:
-            for k, v in m.n_parameters().items():
-                total[k] = total.get(k, 0) + v
-        return total
 
     def describe(self) -> dict[str, Any]:
         """What an evaluation records about the model: one entry per member."""
