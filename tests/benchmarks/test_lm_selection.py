@@ -56,5 +56,7 @@ def test_an_evaluated_validation_file_is_recorded(tmp_path, monkeypatch):
     path.write_text(json.dumps(_evaluation("test")))  # the test split is never a selection record
     with pytest.raises(SystemExit, match="val split"):
         benchmarks.lm_selection.main(argv)
+    with pytest.raises(SystemExit, match="does not exist"):
+        benchmarks.lm_selection.main(["--evaluated", f"x={tmp_path / 'missing.json'}"])
     with pytest.raises(SystemExit, match="--model or --evaluated"):
         benchmarks.lm_selection.main(["--result-name", "sel"])
