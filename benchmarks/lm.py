@@ -25,7 +25,9 @@ with any config): it is evaluated beside every baseline and listed under ``ablat
 config's differences from ``--config``. ``--ensemble-run NAME=RUN_DIR,RUN_DIR,...`` evaluates the
 ensemble of such runs (``fmrilm.lm.ensemble.LMEnsemble``) on each scheme all of them were trained
 on, listed under ``ablations`` with each member's differences; its training time is the sum of
-the members'. ``--keep-main`` (with ``--carry-ablations``) runs no main
+the members'. ``--selection-run NAME=RUN_DIR`` evaluates the step checkpoints of such runs
+that ``python -m benchmarks.lm_checkpoints`` chose per task on the validation split
+(``RUN_DIR/<scheme>/checkpoint_selection.json``). ``--keep-main`` (with ``--carry-ablations``) runs no main
 job and keeps the earlier file's main configuration and figures, marked ``main_carried_from``.
 
 A job whose ``results.json`` exists is not run again (so the benchmark resumes); ``--reevaluate
@@ -132,6 +134,8 @@ def jobs(args) -> list[dict]:
         if not sep or not name or "," not in dirs:
             raise SystemExit(f"--ensemble-run expects NAME=RUN_DIR,RUN_DIR[,...], got {item!r}")
         out += ensemble_run_specs(name, [Path(d) for d in dirs.split(",")], args)
+    for name, run_dir in named_paths(args.selection_run, "--selection-run").items():
+        out += selection_run_specs(name, run_dir, args)
     for name, run_dir in named_paths(args.ablation_run, "--ablation-run").items():
         out += ablation_run_specs(name, run_dir, args.bootstrap)
     if not args.no_ablations:
@@ -208,6 +212,55 @@ def ensemble_run_specs(name: str, run_dirs: list[Path], args) -> list[dict]:
         )
     if not specs or specs[0]["config"]["scheme"] != "site_stratified":
         raise SystemExit(f"--ensemble-run {name}: the runs lack site_stratified")
+    return specs
+
+
+def selection_run_specs(name: str, run_dir: Path, args) -> list[dict]:
+    """Evaluation jobs of the step checkpoints chosen per task on validation, per scheme.
+
+    ``RUN_DIR/<scheme>`` is a finished ``fmrilm lm train`` run whose
+    ``checkpoint_selection.json`` was written by ``python -m benchmarks.lm_checkpoints``; its
+    ``members`` (``TASK=FOLDER`` specs) answer as one model (``fmrilm.lm.ensemble.load_models``),
+    and its training time is the run's, counted once.
+    """
+    specs = []
+    for scheme in ("site_stratified", "heldout_sites"):
+        folder = Path(run_dir) / scheme
+        selection_file = folder / "checkpoint_selection.json"
+        if not (folder / "config.resolved.json").exists():
+            continue
+        if not selection_file.exists():
+            raise SystemExit(
+                f"--selection-run {name}: no {selection_file} "
+                "(python -m benchmarks.lm_checkpoints --run ...)"
+            )
+        config = json.loads((folder / "config.resolved.json").read_text())
+        config["out_dir"] = str(folder)
+        if finished_training(config) is None:
+            raise SystemExit(f"--selection-run {name}: {folder} has not finished training")
+        selection = json.loads(selection_file.read_text())
+        if selection.get("scheme") != scheme:
+            raise SystemExit(f"{selection_file} is of scheme {selection.get('scheme')!r}")
+        specs.append(
+            {
+                "name": f"{name}@{scheme}",
+                "ablation_run": name,
+                "ensemble": selection["members"],
+                "selection": {
+                    k: selection[k] for k in ("chosen_steps", "members", "every", "curve")
+                },
+                "member_configs": [config],
+                "config": {
+                    "out_dir": str(Path(args.out_dir) / name / scheme),
+                    "store": str(args.store),
+                    "scheme": scheme,
+                },
+                "baselines": None,
+                "n_bootstrap": args.bootstrap,
+            }
+        )
+    if not specs or specs[0]["config"]["scheme"] != "site_stratified":
+        raise SystemExit(f"--selection-run {name}: no run in {run_dir}/site_stratified")
     return specs
 
 
@@ -383,6 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         "on each scheme all of them were trained on and listed under ablations",
     )
     ap.add_argument(
+        "--selection-run",
+        action="append",
+        default=[],
+        metavar="NAME=RUN_DIR",
+        help="finished runs (RUN_DIR/<scheme>) whose step checkpoints benchmarks.lm_checkpoints "
+        "chose per task on validation: that selection, evaluated and listed under ablations",
+    )
+    ap.add_argument(
         "--keep-main",
         action="store_true",
         help="run no main job: keep the main configuration of --carry-ablations",
@@ -492,6 +553,10 @@ def ablation_run_entries(specs: list[dict], results: dict, config_path: Path | N
                     }
                     for c in s["member_configs"]
                 ]
+                if s.get("selection"):
+                    entry["checkpoint_selection"] = {
+                        k: s["selection"][k] for k in ("chosen_steps", "members", "every")
+                    }
             else:
                 entry["config_differences"] = config_differences(s["config"], reference)
                 entry["run_dir"] = str(Path(s["config"]["out_dir"]).parent)

@@ -258,3 +258,60 @@ def test_ensemble_runs_are_evaluated_per_scheme_and_listed_with_their_members(
     }
     with pytest.raises(SystemExit, match="NAME=RUN_DIR,RUN_DIR"):
         benchmarks.lm.main([*argv, "--ensemble-run", f"ens={a}"])
+
+
+def test_a_checkpoint_selection_is_evaluated_and_listed_with_its_steps(tmp_path, monkeypatch):
+    import argparse
+
+    import benchmarks.common
+    import benchmarks.lm
+
+    run = tmp_path / "runs" / "a"
+    store = tmp_path / "store"
+    store.mkdir()
+    args = argparse.Namespace(out_dir=tmp_path / "bench", store=store, bootstrap=10)
+    for scheme in ("site_stratified", "heldout_sites"):
+        _finished_run(run / scheme, scheme, train={"max_steps": 600, "checkpoints_kept": -1})
+    with pytest.raises(SystemExit, match="benchmarks.lm_checkpoints"):
+        benchmarks.lm.selection_run_specs("sel", run, args)
+    members = {
+        s: [f"sex,diagnosis={run / s / 'steps' / 'step0000200'}", f"age={run / s / 'model'}"]
+        for s in ("site_stratified", "heldout_sites")
+    }
+    for scheme in ("site_stratified", "heldout_sites"):
+        selection = {
+            "scheme": scheme,
+            "every": 100,
+            "chosen_steps": {"age": 600, "sex": 200, "diagnosis": 200},
+            "members": members[scheme],
+            "curve": [],
+        }
+        (run / scheme / "checkpoint_selection.json").write_text(json.dumps(selection))
+    specs = benchmarks.lm.selection_run_specs("sel", run, args)
+    assert [s["name"] for s in specs] == ["sel@site_stratified", "sel@heldout_sites"]
+    assert specs[0]["ensemble"] == members["site_stratified"]
+    assert len(specs[0]["member_configs"]) == 1  # one run: its training time counts once
+
+    results = tmp_path / "results"
+    monkeypatch.setattr(benchmarks.lm, "RESULTS", results)
+    monkeypatch.setattr(benchmarks.common, "RESULTS", results)
+    monkeypatch.setattr(benchmarks.common, "DOCS", tmp_path / "benchmarks.md")
+    for scheme, mae in (("site_stratified", 2.6), ("heldout_sites", 3.4)):
+        folder = tmp_path / "bench" / "sel" / scheme
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(_fake_results(scheme, mae)))
+        (folder / "results.txt").write_text(f"selection {scheme}\n")
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"age_mae": 2.86, "ablations": {}, "commit": "abc"}))
+    config = tmp_path / "lm.yaml"
+    config.write_text("model:\n  layout: summary\n")
+    argv = ["--store", str(store), "--config", str(config), "--keep-main", "--no-ablations"]
+    argv += ["--carry-ablations", str(earlier), "--out-dir", str(tmp_path / "bench")]
+    assert benchmarks.lm.main([*argv, "--selection-run", f"sel={run}"]) == 0
+    entry = json.loads((results / "lm.json").read_text())["ablations"]["sel"]
+    assert entry["age_mae"] == 2.6 and entry["heldout_sites"]["age_mae"] == 3.4
+    assert entry["checkpoint_selection"]["chosen_steps"]["sex"] == 200
+    assert entry["ensemble"][0]["config_differences"] == {
+        "train.max_steps": 600,
+        "train.checkpoints_kept": -1,
+    }

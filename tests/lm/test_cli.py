@@ -89,6 +89,20 @@ def test_cli_train_evaluate_predict(
         else:
             for k, v in p["probabilities"].items():
                 assert v == pytest.approx(ref["probabilities"][k], abs=1e-4)
+    # a step checkpoint exported as a model; each task answered by its own member
+    capsys.readouterr()
+    step = tmp_path / "step2"
+    ckpt = out / "checkpoints" / "step0000002.ckpt"
+    assert _run(["lm", "export-checkpoint", str(out / "model"), str(ckpt), "--out", str(step)]) == 0
+    assert json.loads(capsys.readouterr().out)["global_step"] == 2
+    routed = tmp_path / "routed.json"
+    argv = ["lm", "evaluate", f"age={step}", f"sex={out / 'model'}", str(sample_store.path)]
+    assert _run([*argv, "--n-bootstrap", "10", "--baselines", "trivial", "--out", str(routed)]) == 0
+    members = json.loads(routed.read_text())["model"]["ensemble"]
+    assert [(m["source"], m["answers"]) for m in members] == [
+        (str(step), ["age"]),
+        (str(out / "model"), ["sex"]),
+    ]
     summary = tmp_path / "lm.json"
     rc = _run(
         ["lm", "summarize", str(results), "--ablation", f"random={results}", "--out", str(summary)]

@@ -100,3 +100,52 @@ def test_load_models_checks_folders_and_sums_training(members, tmp_path):
     assert summary["train_seconds"] == 30.0 and summary["global_step"] == 5
     assert len(summary["members"]) == 2
     assert len(LMEnsemble(members).describe()["ensemble"]) == 2
+
+
+def test_members_answer_the_tasks_they_are_given(members):
+    codes = _codes(members)
+    ens = LMEnsemble(members, answers=[["age"], ["sex"]])
+    got = ens.score_tasks(codes, [AGE, SEX])
+    for task, member in ((AGE, members[0]), (SEX, members[1])):
+        expected = torch.log_softmax(member.score(codes, task).double(), -1)
+        assert torch.allclose(got[task.name].double(), expected, atol=1e-5)
+    both = LMEnsemble(members, answers=[None, ["sex"]]).score_tasks(codes, ["age", "sex"])
+    mixed = LMEnsemble(members).score_tasks(codes, ["sex"])
+    assert torch.allclose(both["sex"], mixed["sex"], atol=1e-6)  # sex: both members
+    assert torch.allclose(both["age"].double(), got["age"].double(), atol=1e-5)  # age: member 0
+    described = LMEnsemble(members, answers=[["age"], ["sex"]]).describe()["ensemble"]
+    assert [d["answers"] for d in described] == [["age"], ["sex"]]
+    with pytest.raises(ValueError, match=r"no ensemble member answers \['sex'\]"):
+        LMEnsemble(members, answers=[["age"], ["age"]])
+    with pytest.raises(ValueError, match="FIQ"):
+        LMEnsemble(members, answers=[["age", "FIQ"], ["sex"]])
+    with pytest.raises(ValueError, match="2 members"):
+        LMEnsemble(members, answers=[None])
+
+
+def test_checkpoints_of_one_run_count_its_training_once(members):
+    for m, step in zip(members, (200, 600), strict=True):
+        m.config.extra["train_summary"] = {
+            "train_seconds": 100.0,
+            "global_step": step,
+            "run_dir": "/runs/a",
+        }
+    assert LMEnsemble(members).train_summary["train_seconds"] == 100.0
+    members[1].config.extra["train_summary"]["run_dir"] = "/runs/b"
+    assert LMEnsemble(members).train_summary["train_seconds"] == 200.0
+
+
+def test_task_member_specs(members, tmp_path):
+    from fmrilm.lm.ensemble import parse_member
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for m, folder in zip(members, (a, b), strict=True):
+        m.save_pretrained(folder)
+    assert parse_member(a) == (a, None)
+    assert parse_member(f"age,sex={b}") == (b, ["age", "sex"])
+    with pytest.raises(FileNotFoundError, match="of 'age="):
+        parse_member(f"age={tmp_path / 'missing'}")
+    ens = load_models([f"age={a}", f"sex={b}", f"sex={a}"])
+    assert ens.answers == [["age", "sex"], ["sex"]]  # folder a is loaded once
+    with pytest.raises(ValueError, match="the only model"):
+        load_models([f"age={a}"])

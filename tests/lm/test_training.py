@@ -338,3 +338,60 @@ def test_keep_freed_memory_is_applied_only_when_asked(
     cfg = _config(sample_store, tiny_lm_dir, tmp_path / "on", steps=1, keep_freed_memory=True)
     train(cfg, fmri_tokenizer=_tokenizer())
     assert calls == [1]
+
+
+def test_every_step_checkpoint_exports_as_a_model(sample_store, tiny_lm_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from fmrilm.lm.model import FMRILanguageModel
+    from fmrilm.lm.training import export_checkpoint
+
+    out = tmp_path / "run"
+    cfg = _config(sample_store, tiny_lm_dir, out, steps=6, checkpoints_kept=-1)
+    train(cfg, fmri_tokenizer=_tokenizer())
+    steps = sorted(p.name for p in (out / "checkpoints").glob("step*.ckpt"))
+    assert steps == ["step0000002.ckpt", "step0000004.ckpt", "step0000006.ckpt"]
+
+    exported = export_checkpoint(out / "model", out / "checkpoints" / steps[0], tmp_path / "s2")
+    summary = exported.train_summary
+    assert (summary["global_step"], summary["run_global_step"]) == (2, 6)
+    state = torch.load(out / "checkpoints" / steps[0], map_location="cpu", weights_only=False)
+    weights = load_file(tmp_path / "s2" / "trainable.safetensors")
+    final = load_file(out / "model" / "trainable.safetensors")
+    assert weights.keys() == final.keys()
+    # the exported weights are the checkpoint's (step 2), not the final model's (step 6)
+    ckpt = {k.removeprefix("model."): v for k, v in state["state_dict"].items()}
+    differs = 0
+    for name, value in weights.items():
+        matches = [v for k, v in ckpt.items() if k.endswith(name) or name.endswith(k)]
+        assert len(matches) == 1, name
+        assert torch.equal(value, matches[0].to(value.dtype)), name
+        differs += not torch.equal(value, final[name])
+    assert differs > 0
+    again = FMRILanguageModel.from_pretrained(tmp_path / "s2", fmri_tokenizer=_tokenizer())
+    assert again.train_summary["global_step"] == 2
+
+
+def test_export_refuses_a_checkpoint_of_another_configuration(
+    sample_store, tiny_lm_dir, tmp_path, trained
+):
+    from fmrilm.lm.training import export_checkpoint
+
+    other = tmp_path / "other"
+    cfg = _config(sample_store, tiny_lm_dir, other, steps=2)
+    cfg["model"]["lora_r"] = 4
+    train(cfg, fmri_tokenizer=_tokenizer())
+    ckpt = next((other / "checkpoints").glob("step*.ckpt"))
+    model_dir = trained["model_dir"]
+    with pytest.raises(ValueError, match="does not hold this model's trainable weights"):
+        export_checkpoint(model_dir, ckpt, tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_checkpoint(model_dir, tmp_path / "missing.ckpt", tmp_path / "x")
+    with pytest.raises(ValueError, match="another folder"):
+        export_checkpoint(model_dir, ckpt, model_dir)
+
+
+def test_checkpoints_kept_must_be_all_or_positive(sample_store, tiny_lm_dir, tmp_path):
+    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "run", checkpoints_kept=0)
+    with pytest.raises(ValueError, match="checkpoints_kept"):
+        train(cfg, fmri_tokenizer=_tokenizer())

@@ -18,7 +18,15 @@ from pathlib import Path
 
 from fmrilm.cli import add_set_option, apply_sets, csv_list, set_dotted
 
-__all__ = ["add_parser", "read_scan", "run_train", "run_evaluate", "run_predict", "run_summarize"]
+__all__ = [
+    "add_parser",
+    "read_scan",
+    "run_train",
+    "run_evaluate",
+    "run_predict",
+    "run_summarize",
+    "run_export_checkpoint",
+]
 
 
 LAYOUT_CHOICES = ("roi_major", "time_major", "compact", "summary")
@@ -76,7 +84,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=Path,
         nargs="+",
         metavar="MODEL",
-        help="model folder (OUT/model); several: their ensemble (mean answer distribution)",
+        help="model folder (OUT/model); several: their ensemble (mean answer distribution); "
+        "TASK[,TASK]=FOLDER: a member that answers only those tasks",
     )
     e.add_argument("store", type=Path, metavar="STORE", help="dataset store folder")
     e.add_argument("--scheme", default=None, help="split scheme (default: the model's)")
@@ -111,7 +120,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=Path,
         nargs="+",
         metavar="MODEL",
-        help="model folder (OUT/model); several: their ensemble",
+        help="model folder (OUT/model); several: their ensemble; TASK=FOLDER: a member that "
+        "answers only that task",
     )
     q.add_argument("scan", type=Path, metavar="SCAN", help="time-series file (T x R) or NIfTI")
     q.add_argument("--question", "--task", dest="question", required=True, help="task name")
@@ -123,6 +133,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     q.add_argument("--json", action="store_true", help="print the full answer as JSON")
     q.set_defaults(run=run_predict, func=run_predict)
+
+    x = sub.add_parser(
+        "export-checkpoint",
+        help="write a training step checkpoint as a model folder",
+        description="Write the model of one step checkpoint of a run (train.checkpoints_kept: -1 "
+        "keeps every one) as a model folder that evaluate and predict read.",
+    )
+    x.add_argument("model", type=Path, metavar="MODEL", help="the run's final model folder")
+    x.add_argument("checkpoint", type=Path, metavar="CKPT", help="a .ckpt file of the same run")
+    x.add_argument("--out", type=Path, required=True, help="folder to write the model to")
+    x.set_defaults(run=run_export_checkpoint, func=run_export_checkpoint)
     return p
 
 
@@ -222,6 +243,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.out.write_text(json.dumps(res, indent=2, default=json_default) + "\n")
         print(f"\nwrote {args.out}")
     return 0 if res["parse_failures"] == 0 else 1
+
+
+def run_export_checkpoint(args: argparse.Namespace) -> int:
+    """Export one step checkpoint; print its step and folder."""
+    from fmrilm.lm.training import export_checkpoint
+
+    if not args.model.exists():
+        raise FileNotFoundError(f"model folder {str(args.model)!r} does not exist")
+    model = export_checkpoint(args.model, args.checkpoint, args.out)
+    step = model.train_summary["global_step"]
+    print(json.dumps({"global_step": step, "model_dir": str(args.out)}, indent=2))
+    return 0
 
 
 def run_summarize(args: argparse.Namespace) -> int:

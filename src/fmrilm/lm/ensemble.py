@@ -15,6 +15,11 @@ each one memorised.
 The members must read the same codes (identical fMRI tokenizer weights and windows) and answer
 the same questions with the same answer grids, and must have been trained on the same split
 scheme; anything else raises.
+
+A member may answer only some of the tasks (``answers``; on the command line ``TASK=FOLDER``):
+each task is then the mixture of the members that answer it. This is how a run's step
+checkpoints chosen on validation serve, one step per task (``benchmarks/lm_checkpoints.py``):
+a multi-task model grows over-confident on sex and diagnosis long before age stops improving.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 from fmrilm.lm.model import FMRILanguageModel
 from fmrilm.lm.tasks import TaskSpec
 
-__all__ = ["LMEnsemble", "load_models"]
+__all__ = ["LMEnsemble", "load_models", "parse_member"]
 
 
 def _same_weights(a, b) -> bool:
@@ -46,9 +51,14 @@ class LMEnsemble:
     members : list of FMRILanguageModel
         At least two models with the same tasks (names, kinds, answers), windows (length,
         stride, shortest window), split scheme and fMRI tokenizer weights.
+    answers : list of (list of str or None), optional
+        For each member, the tasks it answers (None: all). Every task needs at least one member.
+        Default: every member answers every task.
     """
 
-    def __init__(self, members: list[FMRILanguageModel]):
+    def __init__(
+        self, members: list[FMRILanguageModel], answers: list[list[str] | None] | None = None
+    ):
         members = list(members)
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least two models, got {len(members)}")
@@ -67,13 +77,33 @@ class LMEnsemble:
                     f"ensemble member {i} has another fMRI tokenizer than member 0: the members "
                     "must read the same codes"
                 )
+        names = [t.name for t in first.tasks]
+        answers = list(answers) if answers is not None else [None] * len(members)
+        if len(answers) != len(members):
+            raise ValueError(f"answers has {len(answers)} entries for {len(members)} members")
+        self.answers = [list(names) if a is None else list(a) for a in answers]
+        for i, a in enumerate(self.answers):
+            unknown = sorted(set(a) - set(names))
+            if unknown or not a:
+                raise ValueError(
+                    f"ensemble member {i} is to answer {unknown or 'no task'}; tasks: {names}"
+                )
+        unanswered = [n for n in names if not any(n in a for a in self.answers)]
+        if unanswered:
+            raise ValueError(f"no ensemble member answers {unanswered}")
         self.members = members
         self.sources: list[str] | None = None  # member folders, when loaded from them
 
+    def members_of(self, task: str) -> list[int]:
+        """Indices of the members that answer ``task``."""
+        return [i for i, a in enumerate(self.answers) if task in a]
+
     @classmethod
-    def from_pretrained(cls, folders: list[str | Path]) -> LMEnsemble:
+    def from_pretrained(
+        cls, folders: list[str | Path], answers: list[list[str] | None] | None = None
+    ) -> LMEnsemble:
         """Load each member with :meth:`FMRILanguageModel.from_pretrained`."""
-        ensemble = cls([FMRILanguageModel.from_pretrained(f) for f in folders])
+        ensemble = cls([FMRILanguageModel.from_pretrained(f) for f in folders], answers)
         ensemble.sources = [str(f) for f in folders]
         return ensemble
 
@@ -98,18 +128,20 @@ class LMEnsemble:
         sources = self.sources or [None] * len(self.members)
         return {
             "ensemble": [
-                {**m.describe(), "source": src}
-                for m, src in zip(self.members, sources, strict=True)
+                {**m.describe(), "source": src, "answers": a}
+                for m, src, a in zip(self.members, sources, self.answers, strict=True)
             ]
         }
 
     @property
     def train_summary(self) -> dict[str, Any]:
-        """The members' training records; ``train_seconds`` is their sum (all were trained)."""
+        """The members' training records; ``train_seconds`` is the sum over their training runs
+        (all were trained; checkpoints of one run, same ``run_dir``, count that run once)."""
         members = [m.train_summary or {} for m in self.members]
         steps = {s.get("global_step") for s in members}
+        runs = {s.get("run_dir") or f"member {i}": s for i, s in enumerate(members)}
         return {
-            "train_seconds": sum(float(s.get("train_seconds") or 0.0) for s in members),
+            "train_seconds": sum(float(s.get("train_seconds") or 0.0) for s in runs.values()),
             "global_step": steps.pop() if len(steps) == 1 else None,
             "members": members,
         }
@@ -122,19 +154,23 @@ class LMEnsemble:
         batch_size: int = 8,
         method: str = "auto",
     ) -> dict[str, torch.Tensor]:
-        """Log of the mean of the members' answer distributions, ``{name: (B, n_answers)}``.
+        """Log of the mean of the answering members' distributions, ``{name: (B, n_answers)}``.
 
         A window that one member cannot score (non-finite) is non-finite in the ensemble too,
         so :meth:`aggregate` drops and counts it rather than answering from fewer members.
         """
-        per_member = [
-            m.score_tasks(codes, tasks, batch_size=batch_size, method=method) for m in self.members
-        ]
+        names = [t if isinstance(t, str) else t.name for t in (tasks or self.tasks)]
+        per_member = {}
+        for i, m in enumerate(self.members):
+            mine = [n for n in names if n in self.answers[i]]
+            if mine:
+                per_member[i] = m.score_tasks(codes, mine, batch_size=batch_size, method=method)
         out = {}
-        for name in per_member[0]:
-            logp = torch.stack([torch.log_softmax(s[name].double(), dim=-1) for s in per_member])
-            mixed = torch.logsumexp(logp, dim=0) - math.log(len(self.members))
-            finite = torch.stack([torch.isfinite(s[name]).all(-1) for s in per_member]).all(0)
+        for name in names:
+            scores = [per_member[i][name] for i in self.members_of(name)]
+            logp = torch.stack([torch.log_softmax(s.double(), dim=-1) for s in scores])
+            mixed = torch.logsumexp(logp, dim=0) - math.log(len(scores))
+            finite = torch.stack([torch.isfinite(s).all(-1) for s in scores]).all(0)
             mixed[~finite] = float("nan")
             out[name] = mixed.float()
         return out
@@ -144,13 +180,41 @@ class LMEnsemble:
         return self.members[0].aggregate(scores, task)
 
 
-def load_models(folders: list[str | Path]) -> FMRILanguageModel | LMEnsemble:
-    """One folder: its :class:`FMRILanguageModel`; several: their :class:`LMEnsemble`."""
-    if not folders:
+def parse_member(spec: str | Path) -> tuple[Path, list[str] | None]:
+    """``FOLDER`` (answers every task) or ``TASK[,TASK...]=FOLDER`` -> ``(folder, tasks)``."""
+    if Path(spec).exists():
+        return Path(spec), None
+    head, sep, tail = str(spec).partition("=")
+    if sep and head and tail:
+        tasks = [t.strip() for t in head.split(",") if t.strip()]
+        if not Path(tail).exists():
+            raise FileNotFoundError(f"model folder {tail!r} (of {str(spec)!r}) does not exist")
+        return Path(tail), tasks
+    raise FileNotFoundError(f"model folder {str(spec)!r} does not exist")
+
+
+def load_models(specs: list[str | Path]) -> FMRILanguageModel | LMEnsemble:
+    """One folder: its :class:`FMRILanguageModel`; several: their :class:`LMEnsemble`.
+
+    Each spec is a model folder, or ``TASK[,TASK...]=FOLDER`` for a member that answers only
+    those tasks; the same folder named for several tasks is loaded once.
+    """
+    if not specs:
         raise ValueError("no model folder given")
-    for f in folders:
-        if not Path(f).exists():
-            raise FileNotFoundError(f"model folder {str(f)!r} does not exist")
-    if len(folders) == 1:
+    folders: list[Path] = []
+    answers: list[list[str] | None] = []
+    for spec in specs:
+        folder, tasks = parse_member(spec)
+        same = [k for k, f in enumerate(folders) if f == folder and answers[k] is not None]
+        if tasks is not None and same:  # age=A sex=A: one member A answering both
+            answers[same[0]] = answers[same[0]] + tasks
+            continue
+        folders.append(folder)
+        answers.append(tasks)
+    if len(folders) == 1 and answers[0] is None:
         return FMRILanguageModel.from_pretrained(folders[0])
-    return LMEnsemble.from_pretrained(folders)
+    if len(folders) == 1:
+        raise ValueError(
+            f"{folders[0]} is the only model: name it without TASK= to answer every task"
+        )
+    return LMEnsemble.from_pretrained(folders, answers)

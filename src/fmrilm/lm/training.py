@@ -49,6 +49,8 @@ __all__ = [
     "QADataset",
     "encode_windows",
     "encode_window_list",
+    "export_checkpoint",
+    "load_checkpoint_weights",
     "PAD_CODE",
     "find_resume_checkpoint",
     "merge_config",
@@ -101,6 +103,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "warmup_steps": 10,
         "grad_clip": 1.0,
         "checkpoint_every_n_steps": 25,
+        # step checkpoints kept on disk (the newest ones); -1 keeps every one, for choosing a
+        # step afterwards on a validation metric (fmrilm lm export-checkpoint)
+        "checkpoints_kept": 2,
         "log_every_n_steps": 5,
         "accelerator": "auto",
         "devices": 1,
@@ -449,6 +454,75 @@ class ValidationCurve(Callback):
         self.points = [(int(s), float(v)) for s, v in state_dict.get("points", [])]
 
 
+def load_checkpoint_weights(module: LMTrainingModule, path: str | Path) -> int:
+    """Load a step checkpoint's trainable weights into ``module``; return its global step.
+
+    Raises ``ValueError`` (naming the file) unless the checkpoint holds exactly the module's
+    trainable weights: a checkpoint of another configuration must not half-load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "state_dict" not in state or "global_step" not in state:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict / global_step)")
+    trainable = {n: tuple(p.shape) for n, p in module.named_parameters() if p.requires_grad}
+    saved = {n: tuple(v.shape) for n, v in state["state_dict"].items()}
+    if saved != trainable:
+        differ = sum(saved.get(n) != trainable.get(n) for n in set(saved) | set(trainable))
+        raise ValueError(
+            f"{path} does not hold this model's trainable weights ({len(saved)} saved, "
+            f"{len(trainable)} expected, {differ} differ in name or shape)"
+        )
+    module.load_state_dict(state["state_dict"], strict=False)
+    return int(state["global_step"])
+
+
+def export_checkpoint(
+    model_dir: str | Path, checkpoint: str | Path, out: str | Path
+) -> FMRILanguageModel:
+    """Write the model of a training step checkpoint as a model folder.
+
+    A run keeps its step checkpoints in ``<out_dir>/checkpoints`` (all of them with
+    ``train.checkpoints_kept: -1``); its final model is ``<out_dir>/model``. This loads that
+    model, replaces its trainable weights (LoRA, new token rows, summary projector) by the
+    checkpoint's, and saves the result to ``out``, so that an earlier step can be evaluated or
+    answered from like any model, e.g. to choose the step on a validation metric.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        The run's final model folder (it gives the configuration, tasks and frozen weights).
+    checkpoint : str or Path
+        A ``.ckpt`` file of the same run.
+    out : str or Path
+        Folder to write; must not be ``model_dir``.
+
+    Returns
+    -------
+    FMRILanguageModel
+        The exported model. Its ``train_summary`` is the run's, with ``global_step`` the
+        checkpoint's, ``run_global_step`` the run's last step and ``checkpoint`` the file;
+        ``train_seconds`` stays the whole run's (choosing a step needs the whole run).
+    """
+    model_dir, out = Path(model_dir), Path(out)
+    if out.resolve() == model_dir.resolve():
+        raise ValueError(f"export to another folder than the run's model ({model_dir})")
+    model = FMRILanguageModel.from_pretrained(model_dir)
+    module = LMTrainingModule(model, {})
+    step = load_checkpoint_weights(module, checkpoint)
+    summary = dict(model.config.extra.get("train_summary") or {})
+    summary.update(
+        run_global_step=summary.get("global_step"),
+        global_step=step,
+        checkpoint=str(checkpoint),
+        run_dir=str(Path(checkpoint).resolve().parent.parent),  # <run>/checkpoints/<file>
+    )
+    model.config.extra["train_summary"] = summary
+    model.save_pretrained(out)
+    return model
+
+
 def _config_repr(cfg: Any) -> str:
     if hasattr(cfg, "to_dict"):
         return json.dumps(cfg.to_dict(), sort_keys=True, default=str)
@@ -593,6 +667,9 @@ def train(
         np.savez(cache, **enc, stamp=np.asarray(stamp))
         return enc
 
+    kept = int(tcfg["checkpoints_kept"])
+    if kept == 0 or kept < -1:
+        raise ValueError(f"train.checkpoints_kept must be -1 (all) or >= 1, got {kept}")
     keep = tcfg["keep"]
     if keep not in KEEP_CHOICES:
         raise ValueError(f"train.keep must be one of {KEEP_CHOICES}, got {keep!r}")
@@ -692,7 +769,7 @@ def train(
             filename="step{step:07d}",
             auto_insert_metric_name=False,
             every_n_train_steps=int(tcfg["checkpoint_every_n_steps"]),
-            save_top_k=2,
+            save_top_k=kept,
             monitor="step",
             mode="max",
             save_last=True,
@@ -773,13 +850,11 @@ def train(
             "kept": keep,
         }
         if best_path:
-            state = torch.load(best_path, map_location="cpu", weights_only=False)
-            validation["best_step"] = int(state["global_step"])
             if keep == "best_val_loss":
-                trainable = {n for n, p in module.named_parameters() if p.requires_grad}
-                if set(state["state_dict"]) != trainable:
-                    raise RuntimeError(f"{best_path} does not hold this model's trainable weights")
-                module.load_state_dict(state["state_dict"], strict=False)
+                validation["best_step"] = load_checkpoint_weights(module, best_path)
+            else:
+                state = torch.load(best_path, map_location="cpu", weights_only=False)
+                validation["best_step"] = int(state["global_step"])
     model_dir = out_dir / "model"
     tokens = module.tokens_seen - throughput.tokens0
     from fmrilm.lm.layouts import compute_budget
@@ -799,6 +874,7 @@ def train(
         "steps_this_run": throughput.steps,
         "train_seconds": seconds,
         "resumed_from": str(ckpt_path) if ckpt_path else None,
+        "run_dir": str(out_dir.resolve()),
         "tokens_per_second": tokens / seconds if seconds > 0 else None,
         "windows_per_second": throughput.steps * bs / seconds if seconds > 0 else None,
         "n_train_windows": int(dataset.n),
