@@ -98,6 +98,7 @@ def test_cli_train_evaluate_predict(
     routed = tmp_path / "routed.json"
     argv = ["lm", "evaluate", f"age={step}", f"sex={out / 'model'}", str(sample_store.path)]
     assert _run([*argv, "--n-bootstrap", "10", "--baselines", "trivial", "--out", str(routed)]) == 0
+    assert "tokens/window; answers age)" in capsys.readouterr().out
     members = json.loads(routed.read_text())["model"]["ensemble"]
     assert [(m["source"], m["answers"]) for m in members] == [
         (str(step), ["age"]),
