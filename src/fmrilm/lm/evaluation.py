@@ -529,9 +529,7 @@ def format_results(results: dict[str, Any]) -> str:
     described = " + ".join(
         f"{x.get('base_model')} ({x.get('finetune')}, init {x.get('init')}, layout "
         f"{x.get('layout', {}).get('kind')} {x.get('layout', {}).get('tokens_per_window')} "
-        "tokens/window"
-        + (f"; answers {', '.join(x['answers'])}" if x.get("answers") else "")
-        + ")"
+        "tokens/window" + (f"; answers {', '.join(x['answers'])}" if x.get("answers") else "") + ")"
         for x in members
     )
     lines.append("")
