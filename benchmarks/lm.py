@@ -173,6 +173,24 @@ def ablation_run_specs(name: str, run_dir: Path, n_bootstrap: int) -> list[dict]
     return specs
 
 
+def ensemble_job(name: str, scheme: str, members: list[str], configs: list[dict], args) -> dict:
+    """Evaluation job of models trained beforehand answering as one (``load_models(members)``);
+    its training time is the sum over ``configs`` (the runs trained)."""
+    return {
+        "name": f"{name}@{scheme}",
+        "ablation_run": name,
+        "ensemble": members,
+        "member_configs": configs,
+        "config": {
+            "out_dir": str(Path(args.out_dir) / name / scheme),
+            "store": str(args.store),
+            "scheme": scheme,
+        },
+        "baselines": None,
+        "n_bootstrap": args.bootstrap,
+    }
+
+
 def ensemble_run_specs(name: str, run_dirs: list[Path], args) -> list[dict]:
     """Evaluation jobs of the ensemble of several finished runs, per scheme all of them have.
 
@@ -195,21 +213,7 @@ def ensemble_run_specs(name: str, run_dirs: list[Path], args) -> list[dict]:
             if finished_training(config) is None:
                 raise SystemExit(f"--ensemble-run {name}: {m} has not finished training")
             configs.append(config)
-        specs.append(
-            {
-                "name": f"{name}@{scheme}",
-                "ablation_run": name,
-                "ensemble": [str(m / "model") for m in members],
-                "member_configs": configs,
-                "config": {
-                    "out_dir": str(Path(args.out_dir) / name / scheme),
-                    "store": str(args.store),
-                    "scheme": scheme,
-                },
-                "baselines": None,
-                "n_bootstrap": args.bootstrap,
-            }
-        )
+        specs.append(ensemble_job(name, scheme, [str(m / "model") for m in members], configs, args))
     if not specs or specs[0]["config"]["scheme"] != "site_stratified":
         raise SystemExit(f"--ensemble-run {name}: the runs lack site_stratified")
     return specs
@@ -241,24 +245,9 @@ def selection_run_specs(name: str, run_dir: Path, args) -> list[dict]:
         selection = json.loads(selection_file.read_text())
         if selection.get("scheme") != scheme:
             raise SystemExit(f"{selection_file} is of scheme {selection.get('scheme')!r}")
-        specs.append(
-            {
-                "name": f"{name}@{scheme}",
-                "ablation_run": name,
-                "ensemble": selection["members"],
-                "selection": {
-                    k: selection[k] for k in ("chosen_steps", "members", "every", "curve")
-                },
-                "member_configs": [config],
-                "config": {
-                    "out_dir": str(Path(args.out_dir) / name / scheme),
-                    "store": str(args.store),
-                    "scheme": scheme,
-                },
-                "baselines": None,
-                "n_bootstrap": args.bootstrap,
-            }
-        )
+        spec = ensemble_job(name, scheme, selection["members"], [config], args)
+        spec["selection"] = {k: selection[k] for k in ("chosen_steps", "members", "every", "curve")}
+        specs.append(spec)
     if not specs or specs[0]["config"]["scheme"] != "site_stratified":
         raise SystemExit(f"--selection-run {name}: no run in {run_dir}/site_stratified")
     return specs

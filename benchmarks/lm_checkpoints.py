@@ -36,6 +36,7 @@ from pathlib import Path
 
 import benchmarks.common as common
 from benchmarks.common import write_result
+from benchmarks.lm_selection import validation_windows
 
 CHECKPOINT_NAME = re.compile(r"^step(\d+)\.ckpt$")
 BASELINES = ("trivial", "site", "connectivity_correlation", "connectivity_tangent")
@@ -123,7 +124,7 @@ def measure_run(run_dir: Path, store_path: Path, every: int) -> dict:
     from fmrilm.data import open_store
     from fmrilm.lm.evaluation import evaluate
     from fmrilm.lm.model import FMRILanguageModel
-    from fmrilm.lm.training import encode_windows, export_checkpoint, scan_labels, validation_loss
+    from fmrilm.lm.training import export_checkpoint, validation_loss
 
     torch.set_num_threads(1)
     if not (run_dir / "model").exists():
@@ -143,16 +144,8 @@ def measure_run(run_dir: Path, store_path: Path, every: int) -> dict:
         folders[step] = folder
         kinds = {t.name: t.kind for t in model.tasks}
         cfg = model.config
-        if enc is None:
-            enc = encode_windows(
-                store,
-                model.fmri_tokenizer,
-                split="val",
-                scheme=cfg.scheme,
-                window_length=cfg.window_length,
-                stride=cfg.stride,
-            )
-            labels = scan_labels(store.table.reset_index(drop=True), model.tasks)
+        if enc is None:  # the same windows for every step: the tokenizer is frozen
+            enc, labels = validation_windows(model, store)
         loss = validation_loss(model, enc["codes"], enc["scan_index"], labels)
         ev = evaluate(
             model,

@@ -56,17 +56,11 @@ def val_record(ev: dict) -> dict:
     }
 
 
-def measure(model_dir: Path, store_path: Path) -> dict:
-    import torch
+def validation_windows(model, store) -> tuple[dict, object]:
+    """The validation split's encoded windows (``encode_windows``) of the model's scheme and
+    windows, and every scan's task labels (``scan_labels``)."""
+    from fmrilm.lm.training import encode_windows, scan_labels
 
-    from fmrilm.data import open_store
-    from fmrilm.lm.evaluation import evaluate
-    from fmrilm.lm.model import FMRILanguageModel
-    from fmrilm.lm.training import encode_windows, scan_labels, validation_loss
-
-    torch.set_num_threads(1)
-    model = FMRILanguageModel.from_pretrained(model_dir)
-    store = open_store(store_path)
     cfg = model.config
     enc = encode_windows(
         store,
@@ -76,9 +70,23 @@ def measure(model_dir: Path, store_path: Path) -> dict:
         window_length=cfg.window_length,
         stride=cfg.stride,
     )
-    labels = scan_labels(store.table.reset_index(drop=True), model.tasks)
+    return enc, scan_labels(store.table.reset_index(drop=True), model.tasks)
+
+
+def measure(model_dir: Path, store_path: Path) -> dict:
+    import torch
+
+    from fmrilm.data import open_store
+    from fmrilm.lm.evaluation import evaluate
+    from fmrilm.lm.model import FMRILanguageModel
+    from fmrilm.lm.training import validation_loss
+
+    torch.set_num_threads(1)
+    model = FMRILanguageModel.from_pretrained(model_dir)
+    store = open_store(store_path)
+    enc, labels = validation_windows(model, store)
     loss = validation_loss(model, enc["codes"], enc["scan_index"], labels)
-    summary = cfg.extra.get("train_summary") or {}
+    summary = model.config.extra.get("train_summary") or {}
     ev = evaluate(
         model,
         store,
