@@ -311,3 +311,41 @@ def test_token_layouts_refuse_padded_codes(tiny_lm_dir):
         layout.token_ids(codes, model.vocab)
     with pytest.raises(ValueError, match="only the summary layout"):
         LMConfig(layout="compact", window_length=160, min_window_length=60).validate()
+
+
+def test_tokenizer_chunks_cover_a_long_window_with_the_tokenizers_own_windows(fake_tokenizer):
+    from fmrilm.lm.summary import tokenizer_chunks
+
+    assert tokenizer_chunks(fake_tokenizer, 5) == [(0, 5)]  # no window length: one piece
+    fake_tokenizer.config.window_length = 8  # 2 patches of 4 points
+    assert tokenizer_chunks(fake_tokenizer, 5) == [(0, 2), (2, 4), (4, 5)]
+    assert tokenizer_chunks(fake_tokenizer, 2) == [(0, 2)]
+
+
+def test_a_window_longer_than_the_tokenizers_is_read_as_consecutive_tokenizer_windows(
+    fmri_tokenizer_dir,
+):
+    """A 300-point window of a 160-point tokenizer: codes and decoded connectivity of its two
+    pieces (160 + 140 points), never the tokenizer's untrained positions beyond its window."""
+    from fmrilm.lm.summary import PAD_CODE
+    from fmrilm.lm.training import encode_window_list
+    from fmrilm.tokenizer import FMRITokenizer
+
+    tok = FMRITokenizer.from_pretrained(fmri_tokenizer_dir)
+    with torch.no_grad():  # the untrained output head is zero: give the decoded signal variance
+        tok.head.weight.normal_(generator=torch.Generator().manual_seed(1))
+    x = torch.randn(300, 200, generator=torch.Generator().manual_seed(0))
+    codes = torch.from_numpy(encode_window_list(tok, [x], n_patches=16)).long()
+    first, second = tok.encode(x[None, :160]), tok.encode(x[None, 160:])
+    torch.testing.assert_close(codes[0, :, :8], first[0])
+    torch.testing.assert_close(codes[0, :, 8:15], second[0])
+    assert bool((codes[0, :, 15] == PAD_CODE).all())
+    assert not torch.equal(codes[0, :, :15], tok.encode(x[None])[0])  # the unchunked read differs
+
+    signal = torch.cat([tok.decode(first), tok.decode(second)], dim=1)[0].double()
+    corr = torch.corrcoef(signal.T).clamp(-0.999, 0.999)
+    expected = torch.atanh(corr) * (1 - torch.eye(200, dtype=torch.float64))
+    z = decoded_connectivity(tok, codes)
+    assert torch.allclose(z[0].double(), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="more than 14"):
+        encode_window_list(tok, [x], n_patches=14)

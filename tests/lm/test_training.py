@@ -277,6 +277,32 @@ def test_short_scans_are_read_from_one_shorter_window(sample_store, tiny_lm_dir,
         predict_scan(model, raw[:59], "age")
 
 
+def test_whole_scans_are_read_as_one_window_of_consecutive_tokenizer_windows(
+    sample_store, tiny_lm_dir, tmp_path
+):
+    """``data.window_length`` above the tokenizer's: each scan (all under 320 points) is one
+    window, encoded as consecutive 160-point tokenizer windows; answers read the whole scan."""
+    from fmrilm.lm.training import encode_window_list
+
+    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "whole", steps=2)
+    cfg["model"].update({"layout": "summary", "summary_connectivity_dim": 2})
+    cfg["data"] = {"window_length": 320, "min_window_length": 60}
+    res = train(cfg, fmri_tokenizer=_tokenizer())
+    model = res["model"]
+    assert (model.config.window_length, model.config.n_patches) == (320, 16)
+    cached = np.load(tmp_path / "whole" / "codes_site_stratified_train.npz")
+    assert len(np.unique(cached["scan_index"])) == len(cached["scan_index"])  # one per scan
+    assert res["n_train_windows"] == len(sample_store.split_indices("site_stratified")["train"])
+    raw = sample_store.timeseries(0)
+    assert len(raw) > 160  # a scan longer than the tokenizer's window
+    answer = predict_scan(model, raw, "age")
+    assert answer["n_windows"] == 1 and not answer["parse_failure"]
+    x = torch.randn(200, 200)
+    codes = encode_window_list(_tokenizer(), [x], n_patches=16)
+    pieces = [_tokenizer().encode(x[None, a:b])[0].numpy() for a, b in ((0, 160), (160, 200))]
+    np.testing.assert_array_equal(codes[0, :, :10], np.concatenate(pieces, axis=1))
+
+
 def test_short_windows_need_the_summary_layout(sample_store, tiny_lm_dir, tmp_path):
     cfg = _config(sample_store, tiny_lm_dir, tmp_path / "refused", steps=1)
     cfg["data"] = {"min_window_length": 60}  # the compact layout reads the codes themselves

@@ -36,7 +36,14 @@ import torch
 from einops import rearrange, reduce
 from torch import nn
 
-__all__ = ["PAD_CODE", "PrefixProjector", "CodeSummary", "decoded_connectivity", "valid_patches"]
+__all__ = [
+    "PAD_CODE",
+    "PrefixProjector",
+    "CodeSummary",
+    "decoded_connectivity",
+    "tokenizer_chunks",
+    "valid_patches",
+]
 
 PAD_CODE = -1
 """Code of the time patches a short window lacks: a scan shorter than one window is read from
@@ -58,6 +65,21 @@ def valid_patches(codes: torch.Tensor) -> torch.Tensor:
     if not bool((per_patch == prefix).all()) or bool((n == 0).any()):
         raise ValueError("padding must follow the window's patches, and leave at least one")
     return n
+
+
+def tokenizer_chunks(fmri_tokenizer, n_patches: int) -> list[tuple[int, int]]:
+    """Patch spans ``[(start, stop), ...]`` of the tokenizer's own windows covering ``n_patches``.
+
+    A window longer than the one the tokenizer was trained on (``config.window_length``) is
+    encoded and decoded as consecutive windows of that length, the last one shorter: the
+    tokenizer's temporal positions beyond its window were never trained. A tokenizer without a
+    window length reads the whole window as one.
+    """
+    cfg = getattr(fmri_tokenizer, "config", None)
+    length, patch = getattr(cfg, "window_length", None), getattr(cfg, "patch_length", None)
+    size = int(length) // int(patch) if length and patch else n_patches
+    size = max(1, size)
+    return [(s, min(s + size, n_patches)) for s in range(0, n_patches, size)]
 
 
 class PrefixProjector(nn.Module):
@@ -110,7 +132,9 @@ def decoded_connectivity(fmri_tokenizer, codes: torch.Tensor) -> torch.Tensor:
     fmri_tokenizer : object
         Anything with ``decode(codes) -> windows (B, L, R)`` (:class:`fmrilm.tokenizer.FMRITokenizer`).
     codes : LongTensor of shape (B, R, P)
-        Short windows padded with :data:`PAD_CODE` are decoded from their own patches only.
+        Short windows padded with :data:`PAD_CODE` are decoded from their own patches only;
+        windows longer than the tokenizer's are decoded as consecutive tokenizer windows
+        (:func:`tokenizer_chunks`) and correlated over all their time points.
 
     Returns
     -------
@@ -128,7 +152,10 @@ def decoded_connectivity(fmri_tokenizer, codes: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         for n in torch.unique(n_valid).tolist():
             rows = torch.nonzero(n_valid == n).flatten()
-            x = fmri_tokenizer.decode(codes[rows, :, :n]).float()  # (b', L, R)
+            chunks = tokenizer_chunks(fmri_tokenizer, n)
+            x = torch.cat(
+                [fmri_tokenizer.decode(codes[rows, :, a:b]).float() for a, b in chunks], dim=1
+            )  # (b', L, R)
             x = x - x.mean(1, keepdim=True)
             x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
             z[rows] = torch.atanh(torch.einsum("blr,bls->brs", x, x).clamp(-0.999, 0.999))

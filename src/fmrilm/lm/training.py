@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from fmrilm import memory
 from fmrilm.lm.config import LMConfig
 from fmrilm.lm.model import FMRILanguageModel
-from fmrilm.lm.summary import PAD_CODE
+from fmrilm.lm.summary import PAD_CODE, tokenizer_chunks
 from fmrilm.lm.tasks import TaskSpec, build_tasks
 from fmrilm.tokenizer.training import find_resume_checkpoint
 
@@ -150,27 +150,38 @@ def encode_window_list(
     """Codes ``(N, R, n_patches)`` of scaled windows ``(L_i, R)`` of whole-patch lengths.
 
     Windows of one length are encoded together; the codes of a window with fewer than
-    ``n_patches`` patches fill the first positions and :data:`PAD_CODE` the rest.
+    ``n_patches`` patches fill the first positions and :data:`PAD_CODE` the rest. A window
+    longer than the tokenizer's own is encoded as consecutive tokenizer windows
+    (:func:`fmrilm.lm.summary.tokenizer_chunks`), their codes side by side.
     """
     try:
         device = next(fmri_tokenizer.parameters()).device
     except (AttributeError, StopIteration):
         device = torch.device("cpu")
-    lengths = np.asarray([len(w) for w in windows], dtype=np.int64)
+    patch = int(getattr(getattr(fmri_tokenizer, "config", None), "patch_length", 1) or 1)
     n_rois = int(windows[0].shape[1]) if windows else 0
     out = np.full((len(windows), n_rois, n_patches), PAD_CODE, dtype=np.int32)
+    # every (window, first patch, time points) piece the tokenizer reads, grouped by length
+    pieces = []
+    for i, w in enumerate(windows):
+        for a, b in tokenizer_chunks(fmri_tokenizer, max(1, len(w) // patch)):
+            pieces.append((i, a, a * patch, min(b * patch, len(w))))
+    lengths = np.asarray([stop - start for _, _, start, stop in pieces], dtype=np.int64)
     for length in np.unique(lengths):
         group = np.flatnonzero(lengths == length)
         for s in range(0, len(group), batch_size):
-            rows = group[s : s + batch_size]
-            w = torch.stack([torch.as_tensor(windows[int(i)]) for i in rows]).to(device)
+            rows = [pieces[int(g)] for g in group[s : s + batch_size]]
+            w = torch.stack(
+                [torch.as_tensor(windows[i][start:stop]) for i, _, start, stop in rows]
+            ).to(device)
             codes = fmri_tokenizer.encode(w).cpu().numpy().astype(np.int32)
-            if codes.shape[2] > n_patches:
-                raise ValueError(
-                    f"a window of {int(length)} points has {codes.shape[2]} patches, more than "
-                    f"{n_patches}"
-                )
-            out[rows, :, : codes.shape[2]] = codes
+            for (i, first, _, _), c in zip(rows, codes, strict=True):
+                if first + c.shape[1] > n_patches:
+                    raise ValueError(
+                        f"a window of {len(windows[i])} points has {first + c.shape[1]} patches, "
+                        f"more than {n_patches}"
+                    )
+                out[i, :, first : first + c.shape[1]] = c
     return out
 
 
