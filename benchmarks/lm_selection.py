@@ -58,7 +58,8 @@ def val_record(ev: dict) -> dict:
 
 def validation_windows(model, store) -> tuple[dict, object]:
     """The validation split's encoded windows (``encode_windows``) of the model's scheme and
-    windows, and every scan's task labels (``scan_labels``)."""
+    windows, short scans read as the model reads them (``min_window_length``), and every scan's
+    task labels (``scan_labels``)."""
     from fmrilm.lm.training import encode_windows, scan_labels
 
     cfg = model.config
@@ -69,6 +70,7 @@ def validation_windows(model, store) -> tuple[dict, object]:
         scheme=cfg.scheme,
         window_length=cfg.window_length,
         stride=cfg.stride,
+        min_window_length=cfg.min_window_length,
     )
     return enc, scan_labels(store.table.reset_index(drop=True), model.tasks)
 

@@ -60,3 +60,32 @@ def test_an_evaluated_validation_file_is_recorded(tmp_path, monkeypatch):
         benchmarks.lm_selection.main(["--evaluated", f"x={tmp_path / 'missing.json'}"])
     with pytest.raises(SystemExit, match="--model or --evaluated"):
         benchmarks.lm_selection.main(["--result-name", "sel"])
+
+
+def test_validation_windows_read_short_scans_as_the_model_does(sample_store):
+    """The validation loss covers the scans the model answers, short ones included."""
+    from types import SimpleNamespace
+
+    from benchmarks.lm_selection import validation_windows
+
+    from fmrilm.lm.tasks import build_tasks
+    from tests.lm.conftest import FakeFMRITokenizer
+
+    tok = FakeFMRITokenizer(n_rois=200, patch_length=20)
+    tok.config.window_length = 160
+    table = sample_store.table.reset_index(drop=True)
+    train_rows = sample_store.split_indices("site_stratified")["train"]
+    tasks = build_tasks(table, train_rows, ["age", "sex"])
+
+    def model(min_window_length):
+        cfg = SimpleNamespace(
+            scheme="site_stratified", window_length=160, stride=80,
+            min_window_length=min_window_length,
+        )  # fmt: skip
+        return SimpleNamespace(config=cfg, fmri_tokenizer=tok, tasks=tasks)
+
+    full, labels = validation_windows(model(None), sample_store)
+    with_short, _ = validation_windows(model(60), sample_store)
+    assert int(full["n_short_windows"]) == 0 and int(with_short["n_short_windows"]) > 0
+    assert len(with_short["codes"]) > len(full["codes"])
+    assert labels.shape == (len(table), 2)
