@@ -303,6 +303,42 @@ def test_whole_scans_are_read_as_one_window_of_consecutive_tokenizer_windows(
     np.testing.assert_array_equal(codes[0, :, :10], np.concatenate(pieces, axis=1))
 
 
+def test_training_on_tokenizer_windows_answers_whole_scans_with_the_same_weights(
+    sample_store, tiny_lm_dir, tmp_path
+):
+    """``data.train_window_length: 160`` under ``window_length: 320`` trains on the same padded
+    160-point windows as ``window_length: 160`` (the same weights), and answers whole scans."""
+    runs = {}
+    for name, data in (
+        ("windows", {"min_window_length": 60}),
+        ("whole", {"window_length": 320, "train_window_length": 160, "min_window_length": 60}),
+    ):
+        cfg = _config(sample_store, tiny_lm_dir, tmp_path / name, steps=2)
+        cfg["model"].update({"layout": "summary", "summary_connectivity_dim": 2})
+        cfg["data"] = data
+        runs[name] = train(cfg, fmri_tokenizer=_tokenizer())
+    a, b = runs["windows"], runs["whole"]
+    assert a["n_train_windows"] == b["n_train_windows"] and b["train_window_length"] == 160
+    assert b["model"].config.window_length == 320 and b["model"].config.n_patches == 16
+    assert b["model"].config.extra["train_window_length"] == 160
+    wa, wb = a["model"].trainable_parameters(), b["model"].trainable_parameters()
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+    raw = sample_store.timeseries(0)
+    assert predict_scan(b["model"], raw, "age")["n_windows"] == 1  # the whole scan
+    assert predict_scan(a["model"], raw, "age")["n_windows"] > 1
+    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "refused", steps=1)
+    cfg["data"] = {"window_length": 320, "train_window_length": 160}
+    with pytest.raises(ValueError, match="needs the summary layout"):
+        train(cfg, fmri_tokenizer=_tokenizer())
+    cfg["model"]["layout"] = "summary"
+    for bad in (330, 150):
+        cfg["data"] = {"window_length": 320, "train_window_length": bad}
+        with pytest.raises(ValueError, match="multiple of the 20-point patch"):
+            train(cfg, fmri_tokenizer=_tokenizer())
+
+
 def test_short_windows_need_the_summary_layout(sample_store, tiny_lm_dir, tmp_path):
     cfg = _config(sample_store, tiny_lm_dir, tmp_path / "refused", steps=1)
     cfg["data"] = {"min_window_length": 60}  # the compact layout reads the codes themselves

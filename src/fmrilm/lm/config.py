@@ -30,7 +30,10 @@ class LMConfig:
     n_rois, n_patches : int
         Shape (R, P) of a window's codes.
     window_length, stride : int
-        Window length and stride in time points (scans longer than a window give several).
+        Window length and stride in time points (scans longer than a window give several). A
+        window longer than the fMRI tokenizer's is encoded and decoded as consecutive tokenizer
+        windows (:func:`fmrilm.lm.summary.tokenizer_chunks`): 320 reads every ABIDE scan (at
+        most 316 points) as one window.
     min_window_length : int or None
         A scan shorter than ``window_length`` with at least this many points is answered from one
         window of its whole patches (summary layout only; 27% of ABIDE's scans are shorter than

@@ -92,6 +92,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "window_length": None,
         "stride": 80,
         "train_stride": None,
+        "train_window_length": None,
         "min_window_length": None,
         "encode_batch_size": 64,
     },
@@ -644,16 +645,32 @@ def train(
     LMConfig(
         window_length=window_length, min_window_length=min_window_length, layout=mcfg["layout"]
     ).validate()
+    # training windows may be shorter than the answered ones: the summary pools over patches and
+    # correlates over time, so a model trained on tokenizer windows can answer from whole scans
+    train_window_length = int(dcfg.get("train_window_length") or window_length)
+    if train_window_length != window_length:
+        patch = int(getattr(tok_cfg, "patch_length", 1) or 1)
+        if mcfg["layout"] != "summary":
+            raise ValueError(
+                "data.train_window_length other than data.window_length needs the summary layout "
+                f"(the {mcfg['layout']!r} layout reads every patch position)"
+            )
+        if not patch <= train_window_length <= window_length or train_window_length % patch:
+            raise ValueError(
+                f"data.train_window_length must be a multiple of the {patch}-point patch between "
+                f"{patch} and data.window_length={window_length}, got {train_window_length}"
+            )
 
     # 1. codes of the training (and validation) windows, cached
     def split_codes(split: str) -> dict[str, np.ndarray]:
         split_stride = train_stride if split == "train" else stride
+        split_window = train_window_length if split == "train" else window_length
         stamp = json.dumps(
             {
                 "store": str(Path(cfg["store"]).resolve()),
                 "fmri_tokenizer": str(cfg["fmri_tokenizer"]),
                 "tokenizer_config": _config_repr(tok_cfg),
-                "window_length": window_length,
+                "window_length": split_window,
                 "stride": split_stride,
                 "min_window_length": min_window_length,
             },
@@ -670,7 +687,7 @@ def train(
             fmri_tokenizer,
             split=split,
             scheme=scheme,
-            window_length=window_length,
+            window_length=split_window,
             stride=split_stride,
             batch_size=int(dcfg["encode_batch_size"]),
             min_window_length=min_window_length,
@@ -693,6 +710,12 @@ def train(
     val_enc = split_codes("val") if val_every else None
     if val_enc is not None and len(val_enc["codes"]) == 0:
         raise ValueError("the validation split has no window; set train.val_every_n_steps: null")
+    n_patches = window_length // int(getattr(tok_cfg, "patch_length", 1) or 1)
+    if enc["codes"].shape[2] < n_patches:  # shorter training windows: padded like short scans
+        pad = n_patches - enc["codes"].shape[2]
+        enc["codes"] = np.pad(
+            enc["codes"], ((0, 0), (0, 0), (0, pad)), constant_values=PAD_CODE
+        )
     n_rois, n_patches = enc["codes"].shape[1:]
 
     # 2. tasks fitted on the training split
@@ -744,6 +767,7 @@ def train(
             "store": str(cfg["store"]),
             "fmri_tokenizer": str(cfg["fmri_tokenizer"]) if cfg["fmri_tokenizer"] else None,
             "train_stride": train_stride,
+            "train_window_length": train_window_length,
             "scaler": {
                 "scheme": scheme,
                 "median": np.asarray(scaler.median, dtype=float).tolist(),
@@ -890,6 +914,7 @@ def train(
         "windows_per_second": throughput.steps * bs / seconds if seconds > 0 else None,
         "n_train_windows": int(dataset.n),
         "train_stride": train_stride,
+        "train_window_length": train_window_length,
         "n_scans_without_window": int(enc["n_scans_without_window"]),
         "n_short_windows": int(enc["n_short_windows"]),
         "parameters": n_params,
