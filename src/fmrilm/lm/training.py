@@ -713,9 +713,7 @@ def train(
     n_patches = window_length // int(getattr(tok_cfg, "patch_length", 1) or 1)
     if enc["codes"].shape[2] < n_patches:  # shorter training windows: padded like short scans
         pad = n_patches - enc["codes"].shape[2]
-        enc["codes"] = np.pad(
-            enc["codes"], ((0, 0), (0, 0), (0, pad)), constant_values=PAD_CODE
-        )
+        enc["codes"] = np.pad(enc["codes"], ((0, 0), (0, 0), (0, pad)), constant_values=PAD_CODE)
     n_rois, n_patches = enc["codes"].shape[1:]
 
     # 2. tasks fitted on the training split
