@@ -104,6 +104,11 @@ def test_cli_train_evaluate_predict(
         (str(step), ["age"]),
         (str(out / "model"), ["sex"]),
     ]
+    # --window-length reaches the model (this compact-layout one refuses it)
+    with pytest.raises(ValueError, match="only the summary layout"):
+        _run(
+            ["lm", "evaluate", str(out / "model"), str(sample_store.path), "--window-length", "320"]
+        )
     summary = tmp_path / "lm.json"
     rc = _run(
         ["lm", "summarize", str(results), "--ablation", f"random={results}", "--out", str(summary)]

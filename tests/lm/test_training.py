@@ -326,8 +326,17 @@ def test_training_on_tokenizer_windows_answers_whole_scans_with_the_same_weights
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
     raw = sample_store.timeseries(0)
-    assert predict_scan(b["model"], raw, "age")["n_windows"] == 1  # the whole scan
+    whole = predict_scan(b["model"], raw, "age")
+    assert whole["n_windows"] == 1  # the whole scan
     assert predict_scan(a["model"], raw, "age")["n_windows"] > 1
+    # a model trained on 160-point windows, told to answer from 320: the same answer
+    reread = predict_scan(a["model"].set_window_length(320), raw, "age")
+    assert reread["n_windows"] == 1
+    assert reread["value"] == pytest.approx(whole["value"], abs=1e-3)
+    with pytest.raises(ValueError, match="multiple of the 20-point patch"):
+        a["model"].set_window_length(330)
+    with pytest.raises(ValueError, match="below min_window_length"):
+        a["model"].set_window_length(40)
     cfg = _config(sample_store, tiny_lm_dir, tmp_path / "refused", steps=1)
     cfg["data"] = {"window_length": 320, "train_window_length": 160}
     with pytest.raises(ValueError, match="needs the summary layout"):
@@ -337,6 +346,11 @@ def test_training_on_tokenizer_windows_answers_whole_scans_with_the_same_weights
         cfg["data"] = {"window_length": 320, "train_window_length": bad}
         with pytest.raises(ValueError, match="multiple of the 20-point patch"):
             train(cfg, fmri_tokenizer=_tokenizer())
+
+
+def test_only_the_summary_layout_answers_from_windows_of_another_length(trained):
+    with pytest.raises(ValueError, match="only the summary layout"):
+        trained["model"].set_window_length(320)
 
 
 def test_short_windows_need_the_summary_layout(sample_store, tiny_lm_dir, tmp_path):

@@ -30,6 +30,10 @@ __all__ = [
 
 
 LAYOUT_CHOICES = ("roi_major", "time_major", "compact", "summary")
+_WINDOW_HELP = (
+    "answer from windows of this many points (summary layout; e.g. 320: whole ABIDE scans, "
+    "read as consecutive tokenizer windows); default: the model's"
+)
 _THREADS_HELP = (
     "torch CPU threads (default: torch's choice; 1 is ~10x faster than 2 when other jobs "
     "share a 2-core machine)"
@@ -98,6 +102,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     e.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     e.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    e.add_argument("--window-length", type=int, default=None, help=_WINDOW_HELP)
     e.set_defaults(run=run_evaluate, func=run_evaluate)
 
     m = sub.add_parser(
@@ -132,6 +137,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     q.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     q.add_argument("--json", action="store_true", help="print the full answer as JSON")
+    q.add_argument("--window-length", type=int, default=None, help=_WINDOW_HELP)
     q.set_defaults(run=run_predict, func=run_predict)
 
     x = sub.add_parser(
@@ -198,8 +204,9 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(model_dirs: list[Path], device: str = "cpu"):
-    """One model folder's model, or several folders' ensemble, on ``device``."""
+def _load(model_dirs: list[Path], device: str = "cpu", window_length: int | None = None):
+    """One model folder's model, or several folders' ensemble, on ``device``; answering from
+    windows of ``window_length`` points when given (summary layout)."""
     import torch
 
     from fmrilm.lm.ensemble import load_models
@@ -208,6 +215,8 @@ def _load(model_dirs: list[Path], device: str = "cpu"):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     for m in getattr(model, "members", [model]):
+        if window_length is not None:
+            m.set_window_length(window_length)
         m.to(device)
         if isinstance(m.fmri_tokenizer, torch.nn.Module):
             m.fmri_tokenizer.to(device)
@@ -222,7 +231,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not args.store.exists():
         raise FileNotFoundError(f"store {str(args.store)!r} does not exist")
     _threads(args)
-    model = _load(args.model, args.device)
+    model = _load(args.model, args.device, args.window_length)
     res = evaluate(
         model,
         args.store,
@@ -304,7 +313,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if not args.scan.exists():
         raise FileNotFoundError(f"scan {str(args.scan)!r} does not exist")
     _threads(args)
-    model = _load(args.model, args.device)
+    model = _load(args.model, args.device, args.window_length)
     scan = read_scan(args.scan, atlas=args.atlas, key=args.key, transpose=args.transpose)
     res = predict_scan(model, scan, args.question, balanced=not args.no_balance)
     if args.json:

@@ -181,6 +181,34 @@ class FMRILanguageModel(nn.Module):
             out.update({f"summary.{n}": p for n, p in self.summary.named_parameters()})
         return out
 
+    def set_window_length(self, window_length: int) -> FMRILanguageModel:
+        """Answer from windows of ``window_length`` points from now on (summary layout only).
+
+        The summary pools each ROI over the window's patches and correlates the decoded signal
+        over its time points, so it reads any number of patches: a model trained on the
+        tokenizer's windows can answer from whole scans (``window_length`` 320 on ABIDE). The
+        stride and the shortest window stay as they were; the weights do not change.
+        """
+        cfg = self.config
+        patch = cfg.window_length // cfg.n_patches
+        if self.summary is None:
+            raise ValueError(
+                f"only the summary layout reads windows of another length, not {cfg.layout!r}"
+            )
+        if window_length < patch or window_length % patch:
+            raise ValueError(
+                f"window_length must be a multiple of the {patch}-point patch, got {window_length}"
+            )
+        if cfg.min_window_length is not None and window_length < cfg.min_window_length:
+            raise ValueError(
+                f"window_length {window_length} is below min_window_length={cfg.min_window_length}"
+            )
+        cfg.window_length, cfg.n_patches = int(window_length), int(window_length) // patch
+        self.layout = TokenLayout(
+            cfg.layout, cfg.n_rois, cfg.n_patches, summary_tokens=cfg.summary_tokens
+        )
+        return self
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Trainable weights by name: the LM's (LoRA + new rows, or all) and ``summary.*``."""
         return {n: p for n, p in self.weights().items() if p.requires_grad}
