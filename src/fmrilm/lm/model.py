@@ -53,6 +53,19 @@ FORMAT_VERSION = 1
 _SCORE_CHUNK = 40_000_000
 
 
+def _layout(config: LMConfig) -> TokenLayout:
+    """The token layout a model's config describes."""
+    return TokenLayout(
+        config.layout,
+        config.n_rois,
+        config.n_patches,
+        rois=tuple(config.layout_rois) if config.layout_rois else None,
+        patch_stride=config.patch_stride,
+        compact_rois=config.compact_rois,
+        summary_tokens=config.summary_tokens,
+    )
+
+
 class FMRILanguageModel(nn.Module):
     """A causal LM with fMRI tokens, LoRA or fully fine-tuned, answering clinical questions.
 
@@ -77,15 +90,7 @@ class FMRILanguageModel(nn.Module):
         self.vocab = vocab
         # not a registered submodule: the LM's parameters, checkpoints and optimizer exclude it
         object.__setattr__(self, "fmri_tokenizer", fmri_tokenizer)
-        self.layout = TokenLayout(
-            config.layout,
-            config.n_rois,
-            config.n_patches,
-            rois=tuple(config.layout_rois) if config.layout_rois else None,
-            patch_stride=config.patch_stride,
-            compact_rois=config.compact_rois,
-            summary_tokens=config.summary_tokens,
-        )
+        self.layout = _layout(config)
         self.summary: CodeSummary | None = None
         if config.layout == "summary":
             width = int(self.base_model.get_input_embeddings().weight.shape[1])
@@ -204,9 +209,7 @@ class FMRILanguageModel(nn.Module):
                 f"window_length {window_length} is below min_window_length={cfg.min_window_length}"
             )
         cfg.window_length, cfg.n_patches = int(window_length), int(window_length) // patch
-        self.layout = TokenLayout(
-            cfg.layout, cfg.n_rois, cfg.n_patches, summary_tokens=cfg.summary_tokens
-        )
+        self.layout = _layout(cfg)
         return self
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
