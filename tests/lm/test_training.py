@@ -342,7 +342,7 @@ def test_training_on_tokenizer_windows_answers_whole_scans_with_the_same_weights
     with pytest.raises(ValueError, match="needs the summary layout"):
         train(cfg, fmri_tokenizer=_tokenizer())
     cfg["model"]["layout"] = "summary"
-    for bad in (330, 150):
+    for bad in (330, 150, 340):  # not whole patches, or longer than the answered window
         cfg["data"] = {"window_length": 320, "train_window_length": bad}
         with pytest.raises(ValueError, match="multiple of the 20-point patch"):
             train(cfg, fmri_tokenizer=_tokenizer())

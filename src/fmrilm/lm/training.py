@@ -197,12 +197,15 @@ def encode_windows(
     batch_size: int = 64,
     rows: np.ndarray | None = None,
     min_window_length: int | None = None,
+    n_patches: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Codes of every window of a split (or of given store ``rows``).
 
     A scan shorter than ``window_length`` with at least ``min_window_length`` points gives one
     window of its whole patches (:func:`fmrilm.data.windows.window_spans`), whose missing patches
     hold :data:`PAD_CODE`; with ``min_window_length=None`` such scans have no window.
+    ``n_patches`` (default: the window's) pads every window's codes to that many patches, so
+    that shorter training windows fit the model's answered windows.
 
     Returns
     -------
@@ -229,7 +232,8 @@ def encode_windows(
         positions = np.arange(len(index))
     windows = [ds[int(i)]["window"] for i in positions]
     if windows:
-        all_codes = encode_window_list(fmri_tokenizer, windows, window_length // patch, batch_size)
+        width = n_patches or window_length // patch
+        all_codes = encode_window_list(fmri_tokenizer, windows, width, batch_size)
     else:
         all_codes = np.zeros((0, 0, 0), dtype=np.int32)
     return {
@@ -648,8 +652,8 @@ def train(
     # training windows may be shorter than the answered ones: the summary pools over patches and
     # correlates over time, so a model trained on tokenizer windows can answer from whole scans
     train_window_length = int(dcfg.get("train_window_length") or window_length)
+    patch = int(getattr(tok_cfg, "patch_length", 1) or 1)
     if train_window_length != window_length:
-        patch = int(getattr(tok_cfg, "patch_length", 1) or 1)
         if mcfg["layout"] != "summary":
             raise ValueError(
                 "data.train_window_length other than data.window_length needs the summary layout "
@@ -673,6 +677,7 @@ def train(
                 "window_length": split_window,
                 "stride": split_stride,
                 "min_window_length": min_window_length,
+                "n_patches": window_length // patch,
             },
             sort_keys=True,
             default=str,
@@ -691,6 +696,7 @@ def train(
             stride=split_stride,
             batch_size=int(dcfg["encode_batch_size"]),
             min_window_length=min_window_length,
+            n_patches=window_length // patch,  # shorter training windows: padded like short scans
         )
         np.savez(cache, **enc, stamp=np.asarray(stamp))
         return enc
@@ -710,10 +716,6 @@ def train(
     val_enc = split_codes("val") if val_every else None
     if val_enc is not None and len(val_enc["codes"]) == 0:
         raise ValueError("the validation split has no window; set train.val_every_n_steps: null")
-    n_patches = window_length // int(getattr(tok_cfg, "patch_length", 1) or 1)
-    if enc["codes"].shape[2] < n_patches:  # shorter training windows: padded like short scans
-        pad = n_patches - enc["codes"].shape[2]
-        enc["codes"] = np.pad(enc["codes"], ((0, 0), (0, 0), (0, pad)), constant_values=PAD_CODE)
     n_rois, n_patches = enc["codes"].shape[1:]
 
     # 2. tasks fitted on the training split
