@@ -259,7 +259,7 @@ def test_connectivity_model_trains_saves_and_needs_its_tokenizer(tiny_lm_dir, tm
     assert loaded.config.summary_connectivity_dim == 2
     assert torch.allclose(before, loaded.score(codes, SEX), atol=1e-5)
     object.__setattr__(loaded, "fmri_tokenizer", None)
-    with pytest.raises(ValueError, match="needs the fMRI tokenizer"):
+    with pytest.raises(ValueError, match="need the fMRI tokenizer"):
         loaded.score(codes, SEX)
 
 
@@ -349,3 +349,92 @@ def test_a_window_longer_than_the_tokenizers_is_read_as_consecutive_tokenizer_wi
     assert torch.allclose(z[0].double(), expected, atol=1e-4)
     with pytest.raises(ValueError, match="more than 14"):
         encode_window_list(tok, [x], n_patches=14)
+
+
+def _planted_connectivity(n, r=6, seed=0):
+    """Symmetric (n, r, r) matrices whose pairs vary along two planted directions plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    iu = torch.triu_indices(r, r, 1)
+    dirs = torch.linalg.qr(torch.randn(len(iu[0]), 2, generator=g))[0].T  # (2, pairs)
+    x = torch.randn(n, 2, generator=g) * torch.tensor([3.0, 2.0]) @ dirs
+    x = x + 0.05 * torch.randn(n, len(iu[0]), generator=g) + 0.5
+    z = torch.zeros(n, r, r)
+    z[:, iu[0], iu[1]] = x
+    return z + z.transpose(1, 2), dirs
+
+
+def test_connectivity_components_are_the_training_windows_principal_directions():
+    from sklearn.decomposition import PCA
+
+    z, planted = _planted_connectivity(200)
+    summary = CodeSummary(n_rois=6, embed_dim=8, n_tokens=2, roi_dim=3, connectivity_components=2)
+    assert summary.projector.norm.normalized_shape == (6 * 3 + 2,)
+    rows = torch.randn(200, 6, 4, 8)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        summary(rows[:2], z[:2])
+    summary.fit_connectivity_components(z)
+    iu = torch.triu_indices(6, 6, 1)
+    pca = PCA(2).fit(z[:, iu[0], iu[1]].double().numpy())
+    # the same directions as scikit-learn's PCA, up to sign, and they recover the planted ones
+    cos = (summary.components.double() @ torch.from_numpy(pca.components_).T).abs()
+    torch.testing.assert_close(cos, torch.eye(2, dtype=cos.dtype), atol=1e-6, rtol=0)
+    assert torch.linalg.svdvals(summary.components.float() @ planted.T).min() > 0.99  # span
+    scores = summary.connectivity_scores(z)
+    torch.testing.assert_close(scores.std(0), torch.ones(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scores.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+    # the scores reach the projector: changing a window's connectivity changes its summary
+    out = summary(rows[:3], z[:3])
+    assert not torch.allclose(out, summary(rows[:3], z[[1, 2, 0]]))
+    out.sum().backward()
+    assert summary.projector.mlp[0].weight.grad[:, -2:].abs().sum() > 0
+
+
+def test_connectivity_components_refuse_what_they_cannot_fit():
+    z, _ = _planted_connectivity(10)
+    summary = CodeSummary(n_rois=6, embed_dim=8, connectivity_components=3)
+    with pytest.raises(ValueError, match="more than 3 windows"):
+        summary.fit_connectivity_components(z[:3])
+    with pytest.raises(ValueError, match=r"\(N, 6, 6\)"):
+        summary.fit_connectivity_components(z[:, :5, :5])
+    bad = z.clone()
+    bad[0, 0, 1] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        summary.fit_connectivity_components(bad)
+    with pytest.raises(ValueError, match=r"connectivity must be \(B, R, R\)"):
+        summary(torch.randn(2, 6, 4, 8))
+    with pytest.raises(ValueError, match="connectivity_components must be in"):
+        CodeSummary(n_rois=6, embed_dim=8, connectivity_components=16)  # 15 ROI pairs
+    with pytest.raises(ValueError, match="no connectivity components"):
+        CodeSummary(n_rois=6, embed_dim=8).fit_connectivity_components(z)
+    with pytest.raises(ValueError, match="summary_connectivity_components"):
+        LMConfig(n_rois=6, summary_connectivity_components=-1).validate()
+
+
+def test_model_with_connectivity_components_fits_saves_and_loads_them(tiny_lm_dir, tmp_path):
+    m = _model(tiny_lm_dir, summary_connectivity_components=3)
+    codes = _codes(12, seed=2)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        m.score(codes[:2], SEX)
+    # that error is the model's, not a sign that the LM cannot score packed answers
+    assert getattr(m, "_packed_ok", None) is None
+    m.fit_summary_components(codes, batch_size=5)
+    expected = decoded_connectivity(FakeFMRITokenizer(), codes)
+    ref = CodeSummary(n_rois=6, embed_dim=8, connectivity_components=3)
+    ref.fit_connectivity_components(expected)
+    torch.testing.assert_close(m.summary.components, ref.components)
+    before = m.score(codes[:4], SEX)
+    assert m._packed_ok
+    folder = m.save_pretrained(tmp_path / "m")
+    assert (folder / "summary_buffers.safetensors").exists()
+    loaded = FMRILanguageModel.from_pretrained(folder, fmri_tokenizer=FakeFMRITokenizer())
+    assert loaded.config.summary_connectivity_components == 3
+    torch.testing.assert_close(loaded.score(codes[:4], SEX), before, atol=1e-5, rtol=0)
+    (folder / "summary_buffers.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="summary_buffers"):
+        FMRILanguageModel.from_pretrained(folder, fmri_tokenizer=FakeFMRITokenizer())
+    with pytest.raises(ValueError, match="no summary connectivity components"):
+        _model(tiny_lm_dir).fit_summary_components(codes)
+    # a model without components writes no such file
+    assert not (
+        _model(tiny_lm_dir).save_pretrained(tmp_path / "plain") / "summary_buffers.safetensors"
+    ).exists()

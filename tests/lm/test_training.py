@@ -471,3 +471,31 @@ def test_checkpoints_kept_must_be_all_or_positive(sample_store, tiny_lm_dir, tmp
     cfg = _config(sample_store, tiny_lm_dir, tmp_path / "run", checkpoints_kept=0)
     with pytest.raises(ValueError, match="checkpoints_kept"):
         train(cfg, fmri_tokenizer=_tokenizer())
+
+
+def test_connectivity_components_are_fitted_on_the_training_windows(
+    sample_store, tiny_lm_dir, tmp_path
+):
+    """The components come from the training windows' codes alone, are saved with the model
+    and fitted again identically on --resume."""
+    from fmrilm.lm import FMRILanguageModel
+    from fmrilm.lm.summary import CodeSummary, decoded_connectivity
+
+    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "pc", steps=2)
+    cfg["model"].update({"layout": "summary", "summary_connectivity_components": 3})
+    res = train(cfg, fmri_tokenizer=_tokenizer())
+    model = res["model"]
+    cached = np.load(tmp_path / "pc" / "codes_site_stratified_train.npz")
+    ref = CodeSummary(n_rois=200, embed_dim=8, connectivity_components=3)
+    ref.fit_connectivity_components(
+        decoded_connectivity(_tokenizer(), torch.from_numpy(cached["codes"]))
+    )
+    torch.testing.assert_close(model.summary.components, ref.components)
+    loaded = FMRILanguageModel.from_pretrained(res["model_dir"], fmri_tokenizer=_tokenizer())
+    torch.testing.assert_close(loaded.summary.components, ref.components)
+    cfg["train"]["max_steps"] = 4
+    again = train(cfg, fmri_tokenizer=_tokenizer(), resume=True)
+    assert again["resumed_from"] is not None
+    torch.testing.assert_close(again["model"].summary.components, ref.components)
+    ev = evaluate(again["model"], sample_store, n_bootstrap=0, baselines=("trivial",))
+    assert ev["parse_failures"] == 0

@@ -56,6 +56,9 @@ class LMConfig:
     summary_connectivity_dim : int
         Summary layout: numbers read from each ROI's connectivity profile in the signal decoded
         from the window's codes (0: off; needs an fMRI tokenizer with ``decode``).
+    summary_connectivity_components : int
+        Summary layout: principal-component scores of the whole decoded connectivity matrix,
+        fitted on the training windows, appended to the projector's input (0: off).
     init : str
         Initialisation of the new token rows: ``"codebook"`` (the tokenizer's codebook projected
         into the LM embedding space by its alignment projector, rescaled to the mean norm of the
@@ -95,6 +98,7 @@ class LMConfig:
     summary_roi_dim: int = 32
     summary_roi_dropout: float = 0.0
     summary_connectivity_dim: int = 0
+    summary_connectivity_components: int = 0
     init: str = "codebook"
     finetune: str = "lora"
     lora_r: int = 8
@@ -106,6 +110,11 @@ class LMConfig:
     scheme: str | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def patch_length(self) -> int:
+        """Time points per patch (one fMRI token's span)."""
+        return self.window_length // self.n_patches
 
     def validate(self) -> None:
         """Raise ``ValueError`` for inconsistent values."""
@@ -120,6 +129,12 @@ class LMConfig:
         if self.summary_connectivity_dim < 0:
             raise ValueError(
                 f"summary_connectivity_dim must be >= 0, got {self.summary_connectivity_dim}"
+            )
+        n_pairs = self.n_rois * (self.n_rois - 1) // 2
+        if not 0 <= self.summary_connectivity_components <= n_pairs:
+            raise ValueError(
+                f"summary_connectivity_components must be in [0, {n_pairs}] (ROI pairs), got "
+                f"{self.summary_connectivity_components}"
             )
         if self.min_window_length is not None:
             if not 1 <= self.min_window_length <= self.window_length:

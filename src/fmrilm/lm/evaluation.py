@@ -627,7 +627,7 @@ def answer_scan(
         x = scale_scan(x, model.config.extra.get("scaler"))
     cfg = model.config
     wl, shortest = cfg.window_length, cfg.min_window_length
-    patch = wl // cfg.n_patches
+    patch = cfg.patch_length
     spans = window_spans(len(x), wl, cfg.stride, shortest, patch)
     if len(spans) == 0:
         raise ValueError(

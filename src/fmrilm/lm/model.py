@@ -103,6 +103,7 @@ class FMRILanguageModel(nn.Module):
                     config.summary_roi_dim,
                     config.summary_roi_dropout,
                     config.summary_connectivity_dim,
+                    config.summary_connectivity_components,
                 )
         self.tasks = [TaskSpec.from_dict(t) for t in config.tasks]
         self._text_cache: dict[Any, Any] = {}  # text ids and answer tries
@@ -195,7 +196,7 @@ class FMRILanguageModel(nn.Module):
         stride and the shortest window stay as they were; the weights do not change.
         """
         cfg = self.config
-        patch = cfg.window_length // cfg.n_patches
+        patch = cfg.patch_length
         if self.summary is None:
             raise ValueError(
                 f"only the summary layout reads windows of another length, not {cfg.layout!r}"
@@ -211,6 +212,23 @@ class FMRILanguageModel(nn.Module):
         cfg.window_length, cfg.n_patches = int(window_length), int(window_length) // patch
         self.layout = _layout(cfg)
         return self
+
+    @torch.no_grad()
+    def fit_summary_components(self, codes: torch.Tensor, batch_size: int = 64) -> None:
+        """Fit the summary's connectivity components on training windows' ``codes`` (N, R, P).
+
+        Each window's connectivity is that of the signal the fMRI tokenizer decodes from its
+        codes, as when answering (:func:`~fmrilm.lm.summary.decoded_connectivity`).
+        """
+        if self.summary is None or not self.summary.connectivity_components:
+            raise ValueError("the model has no summary connectivity components to fit")
+        if self.fmri_tokenizer is None:
+            raise ValueError("fitting the connectivity components needs the fMRI tokenizer")
+        codes = torch.as_tensor(codes).long()
+        z = torch.cat(
+            [decoded_connectivity(self.fmri_tokenizer, c) for c in codes.split(batch_size)]
+        )
+        self.summary.fit_connectivity_components(z)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Trainable weights by name: the LM's (LoRA + new rows, or all) and ``summary.*``."""
@@ -342,10 +360,11 @@ class FMRILanguageModel(nn.Module):
         table = table - table.mean(0)
         codes = codes.long().to(input_ids.device)
         connectivity = None
-        if self.summary.connectivity_dim:
+        if self.summary.reads_connectivity:
             if self.fmri_tokenizer is None:
                 raise ValueError(
-                    "summary_connectivity_dim > 0 needs the fMRI tokenizer (to decode the codes)"
+                    "the summary's connectivity branches need the fMRI tokenizer (to decode "
+                    "the codes)"
                 )
             connectivity = decoded_connectivity(self.fmri_tokenizer, codes)
         # a short window's missing patches (PAD_CODE) are read as row 0 and left out of the mean
@@ -453,11 +472,12 @@ class FMRILanguageModel(nn.Module):
         if getattr(self, "_packed_ok", None) is None:
             # a few answers per task exercise the same masks at a fraction of the cost
             tasks = [_answer_subset(t) for t in tasks]
+            # outside the try: an error here is the input's or the model's, not the masks'
+            cached = {t.name: self._score_cached(codes, t) for t in tasks}
             try:
                 a = self._score_packed(codes, tasks)
                 ok = all(
-                    torch.allclose(a[t.name], self._score_cached(codes, t), atol=1e-3, rtol=1e-4)
-                    for t in tasks
+                    torch.allclose(a[t.name], cached[t.name], atol=1e-3, rtol=1e-4) for t in tasks
                 )
                 reason = "packed and cached log-likelihoods differ"
             except Exception as e:  # noqa: BLE001 - any model that rejects 4-D masks
@@ -692,9 +712,17 @@ class FMRILanguageModel(nn.Module):
                 n: p.detach().contiguous().cpu() for n, p in self.trainable_parameters().items()
             }
             save_file(state, str(folder / "trainable.safetensors"))
+            buffers = self._summary_buffers()
+            if buffers:  # fitted statistics (connectivity components), not trained weights
+                save_file(buffers, str(folder / "summary_buffers.safetensors"))
         if self.fmri_tokenizer is not None and hasattr(self.fmri_tokenizer, "save_pretrained"):
             self.fmri_tokenizer.save_pretrained(folder / "fmri_tokenizer")
         return folder
+
+    def _summary_buffers(self) -> dict[str, torch.Tensor]:
+        if self.summary is None:
+            return {}
+        return {n: b.detach().contiguous().cpu() for n, b in self.summary.named_buffers()}
 
     @classmethod
     def from_pretrained(
@@ -758,6 +786,19 @@ class FMRILanguageModel(nn.Module):
         with torch.no_grad():
             for k, v in state.items():
                 own[k].copy_(v)
+        buffers = dict(model.summary.named_buffers()) if model.summary is not None else {}
+        if buffers:
+            path = folder / "summary_buffers.safetensors"
+            if not path.exists():
+                raise FileNotFoundError(f"{folder}: the summary's fitted statistics ({path.name})")
+            saved = load_file(str(path))
+            if set(saved) != set(buffers):
+                raise ValueError(
+                    f"{path}: holds {sorted(saved)}, the rebuilt summary has {sorted(buffers)}"
+                )
+            with torch.no_grad():
+                for k, v in saved.items():
+                    buffers[k].copy_(v)
         return model
 
 

@@ -185,6 +185,13 @@ class CodeSummary(nn.Module):
         Numbers read from each ROI's connectivity profile (one shared ``R -> connectivity_dim``
         linear map) and appended to its row; 0 turns the branch off. ``forward`` then needs
         ``connectivity`` (:func:`decoded_connectivity`).
+    connectivity_components : int, default=0
+        Principal-component scores of the whole connectivity matrix (its upper triangle) appended
+        to the projector's input; 0 turns them off. The components are fitted once, on the
+        training windows, by :meth:`fit_connectivity_components` (buffers saved with the model):
+        where the per-ROI branch reads connectivity through one map shared by all ROIs, these
+        read the directions along which whole connectivity matrices differ between subjects,
+        as the FC + linear baseline's features do.
     """
 
     def __init__(
@@ -195,12 +202,19 @@ class CodeSummary(nn.Module):
         roi_dim: int = 32,
         roi_dropout: float = 0.0,
         connectivity_dim: int = 0,
+        connectivity_components: int = 0,
     ):
         super().__init__()
         if min(n_rois, embed_dim, n_tokens, roi_dim) < 1:
             raise ValueError("n_rois, embed_dim, n_tokens and roi_dim must be >= 1")
         if connectivity_dim < 0:
             raise ValueError(f"connectivity_dim must be >= 0, got {connectivity_dim}")
+        n_pairs = n_rois * (n_rois - 1) // 2
+        if not 0 <= connectivity_components <= n_pairs:
+            raise ValueError(
+                f"connectivity_components must be in [0, {n_pairs}] (ROI pairs), "
+                f"got {connectivity_components}"
+            )
         if not 0.0 <= roi_dropout < 1.0:
             raise ValueError(f"roi_dropout must be in [0, 1), got {roi_dropout}")
         self.n_rois, self.n_tokens, self.connectivity_dim = n_rois, n_tokens, connectivity_dim
@@ -209,7 +223,67 @@ class CodeSummary(nn.Module):
             nn.Linear(n_rois, connectivity_dim, bias=False) if connectivity_dim else None
         )
         self.roi_dropout = nn.Dropout1d(roi_dropout)  # (B, R, k): drops whole ROIs
-        self.projector = PrefixProjector(n_rois * (roi_dim + connectivity_dim), embed_dim, n_tokens)
+        self.connectivity_components = connectivity_components
+        if connectivity_components:
+            k = connectivity_components
+            self.register_buffer("components_mean", torch.zeros(n_pairs))
+            self.register_buffer("components", torch.zeros(k, n_pairs))
+            self.register_buffer("components_scale", torch.ones(k))
+            self.register_buffer("components_fitted", torch.tensor(False))
+        self.projector = PrefixProjector(
+            n_rois * (roi_dim + connectivity_dim) + connectivity_components, embed_dim, n_tokens
+        )
+
+    @property
+    def reads_connectivity(self) -> bool:
+        """Whether ``forward`` needs the windows' :func:`decoded_connectivity`."""
+        return bool(self.connectivity_dim or self.connectivity_components)
+
+    def _pairs(self, connectivity: torch.Tensor) -> torch.Tensor:
+        iu = torch.triu_indices(self.n_rois, self.n_rois, 1, device=connectivity.device)
+        return connectivity[:, iu[0], iu[1]]  # (B, R (R - 1) / 2)
+
+    @torch.no_grad()
+    def fit_connectivity_components(self, connectivity: torch.Tensor) -> None:
+        """Fit the principal components of ``connectivity`` (N, R, R), training windows only.
+
+        Scores are divided by their standard deviation on these windows, so each component
+        enters the projector with unit variance.
+        """
+        k = self.connectivity_components
+        if not k:
+            raise ValueError("this summary reads no connectivity components (0 configured)")
+        r = self.n_rois
+        if connectivity.ndim != 3 or tuple(connectivity.shape[1:]) != (r, r):
+            raise ValueError(f"connectivity must be (N, {r}, {r}), got {tuple(connectivity.shape)}")
+        if len(connectivity) <= k:
+            raise ValueError(
+                f"{k} connectivity components need more than {k} windows, got {len(connectivity)}"
+            )
+        x = self._pairs(connectivity).double()
+        if not torch.isfinite(x).all():
+            raise ValueError("connectivity holds non-finite values")
+        mean = x.mean(0)
+        _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        comps = vh[:k]
+        # a fixed sign per component (largest loading positive): the same fit on any machine
+        sign = torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True))).squeeze(1)
+        comps = comps * sign[:, None]
+        scale = ((x - mean) @ comps.T).std(0).clamp_min(1e-12)
+        self.components_mean.copy_(mean)
+        self.components.copy_(comps)
+        self.components_scale.copy_(scale)
+        self.components_fitted.fill_(True)
+
+    def connectivity_scores(self, connectivity: torch.Tensor) -> torch.Tensor:
+        """Standardised principal-component scores (B, connectivity_components)."""
+        if not bool(self.components_fitted):
+            raise RuntimeError(
+                "the connectivity components are not fitted (fit_connectivity_components on the "
+                "training windows first)"
+            )
+        x = self._pairs(connectivity).to(self.components.dtype)
+        return (x - self.components_mean) @ self.components.T / self.components_scale
 
     def forward(
         self,
@@ -227,7 +301,7 @@ class CodeSummary(nn.Module):
             Patches present in each window (:func:`valid_patches`); the rows of later, padded
             patches are left out of the mean. Default: all ``P``.
         connectivity : Tensor of shape (B, R, R), optional
-            Required when ``connectivity_dim > 0``: :func:`decoded_connectivity` of the windows.
+            Required when ``reads_connectivity``: :func:`decoded_connectivity` of the windows.
 
         Returns
         -------
@@ -246,12 +320,16 @@ class CodeSummary(nn.Module):
             weight = weight / n[:, None].to(code_rows)  # (B, P): a mean over present patches
             per_roi = torch.einsum("brpd,bp->brd", code_rows, weight)
         reduced = self.reduce_roi(per_roi)
-        if self.reduce_connectivity is not None:
+        if self.reads_connectivity:
             b, r = code_rows.shape[:2]
             if connectivity is None or tuple(connectivity.shape) != (b, r, r):
                 got = None if connectivity is None else tuple(connectivity.shape)
                 raise ValueError(f"connectivity must be (B, R, R) = {(b, r, r)}, got {got}")
+        if self.reduce_connectivity is not None:
             profile = self.reduce_connectivity(connectivity.to(reduced.dtype))  # (B, R, c)
             reduced = torch.cat([reduced, profile], dim=-1)
-        reduced = self.roi_dropout(reduced)
-        return self.projector(rearrange(reduced, "b r k -> b (r k)"))
+        features = rearrange(self.roi_dropout(reduced), "b r k -> b (r k)")
+        if self.connectivity_components:
+            scores = self.connectivity_scores(connectivity).to(features.dtype)
+            features = torch.cat([features, scores], dim=-1)
+        return self.projector(features)

@@ -79,6 +79,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "summary_roi_dim": 32,
         "summary_roi_dropout": 0.0,
         "summary_connectivity_dim": 0,
+        "summary_connectivity_components": 0,
         "init": "codebook",
         "finetune": "lora",
         "lora_r": 8,
@@ -753,6 +754,7 @@ def train(
         summary_roi_dim=int(mcfg["summary_roi_dim"]),
         summary_roi_dropout=float(mcfg["summary_roi_dropout"]),
         summary_connectivity_dim=int(mcfg["summary_connectivity_dim"]),
+        summary_connectivity_components=int(mcfg["summary_connectivity_components"]),
         init=mcfg["init"],
         finetune=mcfg["finetune"],
         lora_r=int(mcfg["lora_r"]),
@@ -776,6 +778,9 @@ def train(
         },
     )
     model = FMRILanguageModel.build(lm_config, fmri_tokenizer, lm=base_lm, tokenizer=base_tokenizer)
+    if lm_config.summary_connectivity_components:
+        # fitted on the training windows only, afresh on --resume (deterministic)
+        model.fit_summary_components(torch.from_numpy(enc["codes"]))
 
     # 3. data, module, trainer
     bs = int(tcfg["batch_size"])

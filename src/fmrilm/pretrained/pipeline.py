@@ -162,7 +162,7 @@ class Pipeline:
             "window_length": cfg.window_length,
             "stride": cfg.stride,
             "min_window_length": cfg.min_window_length,
-            "patch_length": cfg.window_length // cfg.n_patches,
+            "patch_length": cfg.patch_length,
             **self.release.get("expects", {}),
         }
 

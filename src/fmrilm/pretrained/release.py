@@ -61,7 +61,7 @@ def expectations(store, scheme: str, pipe_cfg) -> dict[str, Any]:
         "window_length": pipe_cfg.window_length,
         "stride": pipe_cfg.stride,
         "min_window_length": pipe_cfg.min_window_length,
-        "patch_length": pipe_cfg.window_length // pipe_cfg.n_patches,
+        "patch_length": pipe_cfg.patch_length,
         "atlas": ATLAS,
         "tr_range": [float(trs.min()), float(trs.max())],
         "scale_range": [float(np.min(scales)), float(np.max(scales))],
