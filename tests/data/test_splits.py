@@ -3,7 +3,13 @@ import pandas as pd
 import pytest
 
 from fmrilm.data import SplitConfig, build_store
-from fmrilm.data.splits import heldout_sites_split, site_stratified_split
+from fmrilm.data.splits import (
+    cross_validation_split,
+    cv_scheme_name,
+    heldout_sites_split,
+    parse_cv_scheme,
+    site_stratified_split,
+)
 from tests.conftest import make_record
 
 
@@ -85,3 +91,40 @@ def test_single_site_store_has_no_heldout_scheme_and_says_why(tmp_path):
             split=SplitConfig(heldout_sites=["only"]),
             progress=False,
         )
+
+
+def test_cross_validation_folds_partition_train_and_val_and_keep_test():
+    subjects = _subjects()
+    parent = site_stratified_split(subjects, SplitConfig(val_fraction=0.2, test_fraction=0.2))
+    folds = [cross_validation_split(parent, subjects, 3, i, seed=0) for i in range(3)]
+    test = {s for s, v in parent.items() if v == "test"}
+    pool = set(parent) - test
+    vals = [{s for s, v in f.items() if v == "val"} for f in folds]
+    for f, val in zip(folds, vals, strict=True):
+        assert {s for s, v in f.items() if v == "test"} == test  # never moved into a fold
+        assert {s for s, v in f.items() if v == "train"} == pool - val
+    assert set().union(*vals) == pool and sum(map(len, vals)) == len(pool)  # each once
+    # every site is spread over the folds in the same shares (within one subject)
+    site = subjects.set_index("subject_id")["site"]
+    for s in "ABC":
+        per_fold = [sum(site[x] == s for x in val) for val in vals]
+        assert max(per_fold) - min(per_fold) <= 1, per_fold
+    assert max(map(len, vals)) - min(map(len, vals)) <= 1  # small sites do not pile up in fold 0
+    assert folds[1] == cross_validation_split(parent, subjects, 3, 1, seed=0)  # seeded
+    assert folds[1] != cross_validation_split(parent, subjects, 3, 1, seed=1)
+
+
+def test_cross_validation_scheme_names_and_bad_folds():
+    assert cv_scheme_name("heldout_sites", 5, 2) == "heldout_sites-cv5-fold2"
+    assert parse_cv_scheme("heldout_sites-cv5-fold2") == ("heldout_sites", 5, 2)
+    assert parse_cv_scheme("site_stratified") is None
+    with pytest.raises(ValueError, match="fold 5 is not in \\[0, 4\\]"):
+        parse_cv_scheme("site_stratified-cv5-fold5")
+    with pytest.raises(ValueError, match="needs at least 2 folds, got 1"):
+        cv_scheme_name("site_stratified", 1, 0)
+    subjects = _subjects((2, 1, 1))
+    parent = dict.fromkeys(subjects.subject_id, "train")
+    with pytest.raises(ValueError, match="5 folds need at least 5 training and validation"):
+        cross_validation_split(parent, subjects, 5, 0, seed=0)
+    with pytest.raises(ValueError, match=r"subjects \['Z1'\] of the split have no site"):
+        cross_validation_split({**parent, "Z1": "train"}, subjects, 2, 0, seed=0)

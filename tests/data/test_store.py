@@ -117,3 +117,27 @@ def test_wrong_number_of_roi_labels(tmp_path):
             metadata=StoreMetadata(roi_labels=["a", "b", "c"]),
             progress=False,
         )
+
+
+def test_a_cross_validation_fold_of_a_stored_scheme(sample_store):
+    """The store answers "<scheme>-cv<K>-fold<i>" without storing it, with the parent's scaler."""
+    parent = sample_store.split_of_subjects("site_stratified")
+    fold = sample_store.split_of_subjects("site_stratified-cv2-fold1")
+    assert {s for s, v in fold.items() if v == "test"} == {
+        s for s, v in parent.items() if v == "test"
+    }
+    rows = sample_store.split_indices("site_stratified-cv2-fold1")
+    subject = np.asarray(sample_store.scans["subject_id"])
+    assert {fold[s] for s in subject[rows["val"]]} == {"val"} and len(rows["val"]) > 0
+    other = sample_store.split_indices("site_stratified-cv2-fold0")
+    assert set(other["val"]) == set(rows["train"])  # two folds: each trains on the other
+    assert (
+        sample_store.scaler("site_stratified-cv2-fold1").to_dict()
+        == sample_store.scaler("site_stratified").to_dict()
+    )
+    with pytest.raises(KeyError, match="or a cross-validation fold of one"):
+        sample_store.split_of_subjects("no_such_scheme")
+    with pytest.raises(KeyError, match="no_such_scheme-cv2-fold0"):
+        sample_store.split_of_subjects("no_such_scheme-cv2-fold0")
+    with pytest.raises(KeyError, match="no scaler for split scheme"):
+        sample_store.scaler("no_such_scheme-cv2-fold0")

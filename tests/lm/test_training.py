@@ -499,3 +499,34 @@ def test_connectivity_components_are_fitted_on_the_training_windows(
     torch.testing.assert_close(again["model"].summary.components, ref.components)
     ev = evaluate(again["model"], sample_store, n_bootstrap=0, baselines=("trivial",))
     assert ev["parse_failures"] == 0
+
+
+def test_trains_and_evaluates_on_a_cross_validation_fold(sample_store, tiny_lm_dir, tmp_path):
+    """A fold of the parent's train + val subjects takes the parent's tokenizer; the model trains
+    on the fold's training subjects, answers its validation fold, and refuses the parent's."""
+    tok = _tokenizer()
+    tok.scaler_stats = {"scheme": "site_stratified", "median": [0.0], "iqr": [1.0]}
+    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "run", steps=2)
+    cfg["targets"] = ["age", "sex"]
+    cfg["scheme"] = "site_stratified-cv2-fold0"
+    model = train(cfg, fmri_tokenizer=tok)["model"]
+    assert model.config.scheme == "site_stratified-cv2-fold0"
+    assert (
+        model.config.extra["scaler"]["median"]
+        == sample_store.scaler("site_stratified").median.tolist()
+    )
+    cached = np.load(tmp_path / "run" / "codes_site_stratified-cv2-fold0_train.npz")
+    rows = sample_store.split_indices("site_stratified-cv2-fold0")
+    assert set(np.unique(cached["scan_index"])) <= set(rows["train"])
+    res = evaluate(model, sample_store, split="val", n_bootstrap=0, baselines=("trivial",))
+    fold = sample_store.split_of_subjects("site_stratified-cv2-fold0")
+    for name in ("age", "sex"):
+        lm = res["targets"][name]["lm_subjects"]
+        assert lm["subject_ids"] and {fold[s] for s in lm["subject_ids"]} == {"val"}
+        assert len(lm["truth"]) == len(lm["predictions"]) == len(lm["subject_ids"])
+    assert np.asarray(res["targets"]["sex"]["lm_subjects"]["predictions"]).shape[1] == 2
+    with pytest.raises(ValueError, match="trained on"):
+        evaluate(model, sample_store, scheme="site_stratified", n_bootstrap=0)
+    tok.scaler_stats = {"scheme": "heldout_sites", "median": [0.0], "iqr": [1.0]}
+    with pytest.raises(ValueError, match="trained on split scheme 'heldout_sites'"):
+        train({**cfg, "out_dir": str(tmp_path / "other")}, fmri_tokenizer=tok)

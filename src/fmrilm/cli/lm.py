@@ -60,7 +60,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--config", type=Path, default=None, help="YAML/JSON config (configs/lm.yaml)")
     t.add_argument("--store", type=Path, default=None, help="dataset store folder")
     t.add_argument("--fmri-tokenizer", type=Path, default=None, help="trained tokenizer folder")
-    t.add_argument("--scheme", choices=("site_stratified", "heldout_sites"), default=None)
+    t.add_argument(
+        "--scheme",
+        default=None,
+        help="split scheme: site_stratified, heldout_sites, or a cross-validation fold of one "
+        "over its training and validation subjects, e.g. site_stratified-cv3-fold0",
+    )
     t.add_argument("--out-dir", type=Path, default=None, help="run folder (model in OUT/model)")
     t.add_argument("--base-model", default=None, help="hub id, folder, .gguf or 'smollm2'")
     t.add_argument("--gguf-file", default=None, help="GGUF file inside --base-model")

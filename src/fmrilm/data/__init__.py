@@ -2,7 +2,7 @@
 
 from fmrilm.data.records import IngestError, IngestReport, ScanRecord
 from fmrilm.data.scaling import RobustScaler
-from fmrilm.data.splits import SplitConfig
+from fmrilm.data.splits import SplitConfig, cv_scheme_name, parse_cv_scheme
 from fmrilm.data.store import DatasetStore, StoreMetadata, build_store, open_store
 from fmrilm.data.validation import IngestPolicy
 from fmrilm.data.windows import WindowDataset, window_spans, window_starts
@@ -18,7 +18,9 @@ __all__ = [
     "StoreMetadata",
     "WindowDataset",
     "build_store",
+    "cv_scheme_name",
     "open_store",
+    "parse_cv_scheme",
     "window_spans",
     "window_starts",
 ]

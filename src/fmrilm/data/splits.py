@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 
 SPLITS = ("train", "val", "test")
+_CV_SCHEME = re.compile(r"^(?P<parent>.+)-cv(?P<n_folds>\d+)-fold(?P<fold>\d+)$")
 
 
 @dataclass
@@ -152,3 +154,77 @@ def make_splits(subjects: pd.DataFrame, config: SplitConfig) -> tuple[dict[str, 
             raise
         warnings.append(f"no heldout_sites split: {e}")
     return schemes, warnings
+
+
+def cv_scheme_name(parent: str, n_folds: int, fold: int) -> str:
+    """Name of fold ``fold`` of ``n_folds`` over ``parent``'s training and validation subjects.
+
+    A store answers such a name without storing it (:func:`cross_validation_split`), so a
+    configuration can be chosen by cross-validation without touching the test split.
+    """
+    _check_fold(n_folds, fold, f"{parent}-cv{n_folds}-fold{fold}")
+    return f"{parent}-cv{n_folds}-fold{fold}"
+
+
+def parse_cv_scheme(name: str) -> tuple[str, int, int] | None:
+    """``(parent, n_folds, fold)`` of a cross-validation scheme name, or None for any other."""
+    m = _CV_SCHEME.match(name)
+    if m is None:
+        return None
+    n_folds, fold = int(m["n_folds"]), int(m["fold"])
+    _check_fold(n_folds, fold, name)
+    return m["parent"], n_folds, fold
+
+
+def _check_fold(n_folds: int, fold: int, name: str) -> None:
+    if n_folds < 2:
+        raise ValueError(f"cross-validation scheme {name!r}: needs at least 2 folds, got {n_folds}")
+    if not 0 <= fold < n_folds:
+        raise ValueError(
+            f"cross-validation scheme {name!r}: fold {fold} is not in [0, {n_folds - 1}]"
+        )
+
+
+def cross_validation_split(
+    assignments: dict[str, str], subjects: pd.DataFrame, n_folds: int, fold: int, seed: int
+) -> dict[str, str]:
+    """One fold of cross-validation over a scheme's training and validation subjects.
+
+    The parent's train and val subjects are pooled and dealt into ``n_folds`` folds, the same
+    share of every site in each (shuffled within site, seeded, then dealt in turn across sites so
+    that small sites do not all fall in one fold). Fold ``fold`` becomes "val", the others
+    "train"; the parent's test subjects stay "test", so choosing by these folds never reads them.
+
+    Parameters
+    ----------
+    assignments : dict
+        The parent scheme's subject -> "train" / "val" / "test".
+    subjects : DataFrame with columns ``subject_id`` and ``site``.
+    n_folds, fold : int
+    seed : int
+
+    Returns
+    -------
+    dict mapping subject id to "train", "val" or "test".
+    """
+    _check_fold(n_folds, fold, f"cv{n_folds}-fold{fold}")
+    site_of = _subject_sites(subjects)
+    missing = sorted(set(assignments) - set(site_of.index))
+    if missing:
+        raise ValueError(f"subjects {missing[:5]} of the split have no site in the table")
+    pool = sorted(s for s, split in assignments.items() if split in ("train", "val"))
+    if len(pool) < n_folds:
+        raise ValueError(
+            f"{n_folds} folds need at least {n_folds} training and validation subjects, "
+            f"got {len(pool)}"
+        )
+    rng = np.random.default_rng(seed)
+    pooled_sites = site_of.loc[pool]
+    dealt: list[str] = []
+    for site in sorted(pooled_sites.unique()):
+        ids = np.array(sorted(pooled_sites.index[pooled_sites == site]))
+        rng.shuffle(ids)
+        dealt.extend(ids)
+    out = {s: "test" for s, split in assignments.items() if split == "test"}
+    out.update({sid: "val" if i % n_folds == fold else "train" for i, sid in enumerate(dealt)})
+    return out

@@ -30,7 +30,14 @@ from tqdm.auto import tqdm
 from fmrilm import __version__
 from fmrilm.data.records import IngestReport, ScanRecord
 from fmrilm.data.scaling import RobustScaler
-from fmrilm.data.splits import SPLITS, SplitConfig, make_splits
+from fmrilm.data.splits import (
+    SPLITS,
+    SplitConfig,
+    cross_validation_split,
+    cv_scheme_name,
+    make_splits,
+    parse_cv_scheme,
+)
 from fmrilm.data.validation import IngestPolicy, ScanValidator
 
 STORE_FORMAT = "fmrilm-store"
@@ -360,10 +367,24 @@ class DatasetStore:
         return self._splits
 
     def split_of_subjects(self, scheme: str = "site_stratified") -> dict[str, str]:
+        """Subject -> "train" / "val" / "test" of ``scheme``.
+
+        ``scheme`` is a stored scheme, or a cross-validation fold of one,
+        ``"<scheme>-cv<K>-fold<i>"`` (:func:`fmrilm.data.splits.cross_validation_split`).
+        """
         splits = self._load_splits()
+        cv = parse_cv_scheme(scheme) if scheme not in splits else None
+        if cv is not None and cv[0] in splits:
+            parent, n_folds, fold = cv
+            seed = int(splits[parent].get("config", {}).get("seed", 0))
+            return cross_validation_split(
+                splits[parent]["assignments"], self.table, n_folds, fold, seed
+            )
         if scheme not in splits:
             raise KeyError(
-                f"split scheme {scheme!r} not in store {self.path}; schemes: {list(splits)}"
+                f"split scheme {scheme!r} not in store {self.path}; schemes: {list(splits)}, "
+                "or a cross-validation fold of one, e.g. "
+                f"{cv_scheme_name(next(iter(splits)), 5, 0)!r}"
             )
         return splits[scheme]["assignments"]
 
@@ -379,9 +400,18 @@ class DatasetStore:
         return {name: np.flatnonzero(labels == name) for name in SPLITS}
 
     def scaler(self, scheme: str = "site_stratified") -> RobustScaler:
-        """Robust scaler fitted on the training split of ``scheme``."""
+        """Robust scaler fitted on the training split of ``scheme``.
+
+        A cross-validation fold (``"<scheme>-cv<K>-fold<i>"``) takes its parent's scaler: the
+        parent's tokenizer was trained on inputs scaled by it, and the fold's models read that
+        tokenizer's codes. Those statistics (medians and quartiles, no labels) have seen the
+        fold's validation subjects that lie in the parent's training split, never its test split.
+        """
         if self._scalers is None:
             self._scalers = json.loads((self.path / SCALER_FILE).read_text())
+        cv = parse_cv_scheme(scheme) if scheme not in self._scalers else None
+        if cv is not None and cv[0] in self._scalers:
+            scheme = cv[0]
         if scheme not in self._scalers:
             raise KeyError(
                 f"no scaler for split scheme {scheme!r} in {self.path}; "

@@ -171,7 +171,8 @@ def evaluate(
     dict
         The structure of ``evaluate_clinical_baselines`` (so
         ``fmrilm.evaluation.report.format_table`` prints it) with ``"lm"`` added to each
-        target's ``results`` and ``vs_trivial``, plus ``lm_vs_site``, ``parse_failures``,
+        target's ``results`` and ``vs_trivial``, ``lm_subjects`` (ids, truth and answers per
+        subject) beside the baselines' ``subject_predictions``, plus ``lm_vs_site``, ``parse_failures``,
         ``predictions`` (per scan) and throughput.
     """
     from fmrilm.baselines.clinical import BASELINES, evaluate_clinical_baselines, target_values
@@ -275,6 +276,13 @@ def evaluate(
             metric, labels, y_cmp = "roc_auc", task.answers, y_s
         lm["n_parse_failures"] = int((~ok).sum())
         entry["results"] = {"lm": lm, **entry["results"]}
+        # the LM's per-subject answers (probabilities as scored above), so that evaluations of
+        # several models (cross-validation folds, variants) can be pooled and paired later
+        entry["lm_subjects"] = {
+            "subject_ids": [str(x) for x in subjects],
+            "truth": [float(v) if task.kind == "regression" else str(v) for v in y_s],
+            "predictions": np.asarray(p_s, dtype=float).tolist(),
+        }
         if n_bootstrap > 0:
             comparisons = _paired_vs_simple(
                 table,

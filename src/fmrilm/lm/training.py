@@ -570,12 +570,17 @@ def check_tokenizer_scheme(
     """Refuse a model whose scaler (and weights) were fitted on another split scheme.
 
     Its training split may hold this scheme's test subjects, so every figure measured with it
-    would be optimistic. ``model`` is an fMRI tokenizer (``scaler_stats["scheme"]``); ``what``
-    names it in the message and ``error`` is the exception raised.
+    would be optimistic. A cross-validation fold of a scheme (``"<scheme>-cv<K>-fold<i>"``)
+    takes the tokenizer of its parent: the fold keeps the parent's test split. ``model`` is an
+    fMRI tokenizer (``scaler_stats["scheme"]``); ``what`` names it in the message and ``error``
+    is the exception raised.
     """
+    from fmrilm.data import parse_cv_scheme
+
     stats = getattr(model, "scaler_stats", None) or {}
     fitted_on = stats.get("scheme")
-    if fitted_on is not None and fitted_on != scheme:
+    cv = parse_cv_scheme(scheme)
+    if fitted_on is not None and fitted_on != scheme and (cv is None or cv[0] != fitted_on):
         raise error(
             f"{what} was trained on split scheme {fitted_on!r}, here the scheme is {scheme!r}: "
             f"its training split may hold this scheme's test subjects; use one trained on "
