@@ -57,8 +57,11 @@ def fold_folders(run: Path) -> dict[int, Path]:
     return out
 
 
-def fold_evaluation(folder: Path, store_path: Path, n_bootstrap: int) -> dict:
-    """The fold model's evaluation of its validation fold, from ``EVALUATION_FILE`` if kept."""
+def fold_evaluation(folder: Path, store_path: Path, n_bootstrap: int = 0) -> dict:
+    """The fold model's evaluation of its validation fold, from ``EVALUATION_FILE`` if kept.
+
+    The folds are pooled before any interval is drawn, so by default a fold gets none.
+    """
     path = folder / EVALUATION_FILE
     if path.is_file():
         ev = json.loads(path.read_text())
@@ -232,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     evaluations = {
-        n: {i: fold_evaluation(f[i], args.store, args.n_bootstrap) for i in common}
-        for n, f in folders.items()
+        n: {i: fold_evaluation(f[i], args.store) for i in common} for n, f in folders.items()
     }
     parent, n_folds = check_folds(evaluations)
     record = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -501,12 +503,20 @@ def test_connectivity_components_are_fitted_on_the_training_windows(
     assert ev["parse_failures"] == 0
 
 
-def test_trains_and_evaluates_on_a_cross_validation_fold(sample_store, tiny_lm_dir, tmp_path):
+def test_trains_and_evaluates_on_a_cross_validation_fold(
+    sample_store, tiny_lm_dir, fmri_tokenizer_dir, tmp_path, monkeypatch
+):
     """A fold of the parent's train + val subjects takes the parent's tokenizer; the model trains
     on the fold's training subjects, answers its validation fold, and refuses the parent's."""
-    tok = _tokenizer()
+    import benchmarks.common
+    import benchmarks.lm_cv
+
+    from fmrilm.lm.training import load_fmri_tokenizer
+
+    tok = load_fmri_tokenizer(fmri_tokenizer_dir)  # a real one: saved with the model
     tok.scaler_stats = {"scheme": "site_stratified", "median": [0.0], "iqr": [1.0]}
-    cfg = _config(sample_store, tiny_lm_dir, tmp_path / "run", steps=2)
+    run = tmp_path / "cv" / "main" / "fold0"
+    cfg = _config(sample_store, tiny_lm_dir, run, steps=2)
     cfg["targets"] = ["age", "sex"]
     cfg["scheme"] = "site_stratified-cv2-fold0"
     model = train(cfg, fmri_tokenizer=tok)["model"]
@@ -515,7 +525,7 @@ def test_trains_and_evaluates_on_a_cross_validation_fold(sample_store, tiny_lm_d
         model.config.extra["scaler"]["median"]
         == sample_store.scaler("site_stratified").median.tolist()
     )
-    cached = np.load(tmp_path / "run" / "codes_site_stratified-cv2-fold0_train.npz")
+    cached = np.load(run / "codes_site_stratified-cv2-fold0_train.npz")
     rows = sample_store.split_indices("site_stratified-cv2-fold0")
     assert set(np.unique(cached["scan_index"])) <= set(rows["train"])
     res = evaluate(model, sample_store, split="val", n_bootstrap=0, baselines=("trivial",))
@@ -527,6 +537,19 @@ def test_trains_and_evaluates_on_a_cross_validation_fold(sample_store, tiny_lm_d
     assert np.asarray(res["targets"]["sex"]["lm_subjects"]["predictions"]).shape[1] == 2
     with pytest.raises(ValueError, match="trained on"):
         evaluate(model, sample_store, scheme="site_stratified", n_bootstrap=0)
+    # the cross-validation benchmark evaluates the fold's model itself and pools its answers
+    monkeypatch.setattr(benchmarks.common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(benchmarks.common, "DOCS", tmp_path / "benchmarks.md")
+    argv = ["--store", str(sample_store.path), "--variant", f"main={tmp_path / 'cv' / 'main'}"]
+    assert benchmarks.lm_cv.main([*argv, "--n-bootstrap", "20", "--result-name", "cv"]) == 0
+    assert (run / "val_evaluation.json").is_file()
+    rec = json.loads((tmp_path / "results" / "cv.json").read_text())
+    assert (rec["scheme"], rec["n_folds"], rec["folds_pooled"]) == ("site_stratified", 2, [0])
+    pooled = rec["variants"]["main"]["pooled"]
+    assert pooled["age_n_subjects"] == len(res["targets"]["age"]["lm_subjects"]["subject_ids"])
+    assert pooled["age_mae"] == pytest.approx(
+        res["targets"]["age"]["results"]["lm"]["metrics"]["mae"]["value"]
+    )
     tok.scaler_stats = {"scheme": "heldout_sites", "median": [0.0], "iqr": [1.0]}
     with pytest.raises(ValueError, match="trained on split scheme 'heldout_sites'"):
         train({**cfg, "out_dir": str(tmp_path / "other")}, fmri_tokenizer=tok)
