@@ -57,21 +57,28 @@ def fold_folders(run: Path) -> dict[int, Path]:
     return out
 
 
-def fold_evaluation(folder: Path, store_path: Path, n_bootstrap: int = 0) -> dict:
-    """The fold model's evaluation of its validation fold, from ``EVALUATION_FILE`` if kept.
+def fold_evaluation(
+    folder: Path, store_path: Path, baselines: tuple[str, ...] = BASELINES, n_bootstrap: int = 0
+) -> dict:
+    """The fold model's evaluation of its validation fold, from ``EVALUATION_FILE`` if kept
+    (and it holds every baseline asked for).
 
-    The folds are pooled before any interval is drawn, so by default a fold gets none.
+    The folds are pooled before any interval is drawn, so by default a fold gets none. The
+    baselines do not depend on the model, so only the reference variant needs them.
     """
     path = folder / EVALUATION_FILE
     if path.is_file():
         ev = json.loads(path.read_text())
-        if all("lm_subjects" in t for t in ev["targets"].values()):
+        if all(
+            "lm_subjects" in t and set(baselines) <= set(t.get("subject_predictions", {}))
+            for t in ev["targets"].values()
+        ):
             return ev
     from fmrilm.lm.evaluation import evaluate
     from fmrilm.lm.model import FMRILanguageModel
 
     model = FMRILanguageModel.from_pretrained(folder / "model")
-    ev = evaluate(model, store_path, split="val", n_bootstrap=n_bootstrap)
+    ev = evaluate(model, store_path, split="val", baselines=baselines, n_bootstrap=n_bootstrap)
     path.write_text(json.dumps(ev))
     return ev
 
@@ -235,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     evaluations = {
-        n: {i: fold_evaluation(f[i], args.store) for i in common} for n, f in folders.items()
+        n: {
+            i: fold_evaluation(f[i], args.store, BASELINES if n == reference else ("trivial",))
+            for i in common
+        }
+        for n, f in folders.items()
     }
     parent, n_folds = check_folds(evaluations)
     record = {
