@@ -140,3 +140,16 @@ def test_only_folds_every_variant_has_are_pooled_and_bad_runs_are_refused(tmp_pa
         benchmarks.lm_cv.main([f"--variant=main={tmp_path / 'main'}", "--reference", "nope"])
     with pytest.raises(SystemExit, match="at least one --variant"):
         benchmarks.lm_cv.main([])
+
+
+def test_a_subject_in_two_validation_folds_is_refused(tmp_path, results):
+    import benchmarks.lm_cv
+
+    _runs(tmp_path, {"main": 0.5})
+    path = tmp_path / "main" / "fold1" / "val_evaluation.json"
+    ev = json.loads(path.read_text())
+    fold0 = json.loads((tmp_path / "main" / "fold0" / "val_evaluation.json").read_text())
+    ev["targets"]["age"]["lm_subjects"] = fold0["targets"]["age"]["lm_subjects"]
+    path.write_text(json.dumps(ev))
+    with pytest.raises(SystemExit, match="age: a subject is in more than one validation fold"):
+        benchmarks.lm_cv.main([f"--variant=main={tmp_path / 'main'}", "--n-bootstrap", "10"])
