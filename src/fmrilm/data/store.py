@@ -271,6 +271,15 @@ def _write_scalers(folder: Path, splits: dict[str, dict], seed: int) -> None:
     (folder / SCALER_FILE).write_text(json.dumps(scalers))
 
 
+def _cv_fold_of(scheme: str, stored: dict) -> tuple[str, int, int] | None:
+    """``(parent, n_folds, fold)`` when ``scheme`` is a cross-validation fold of a scheme in
+    ``stored`` (and is not itself stored), else None."""
+    if scheme in stored:
+        return None
+    cv = parse_cv_scheme(scheme)
+    return cv if cv is not None and cv[0] in stored else None
+
+
 class DatasetStore:
     """A store opened for reading; the scans stay on disk and are read on demand.
 
@@ -373,8 +382,8 @@ class DatasetStore:
         ``"<scheme>-cv<K>-fold<i>"`` (:func:`fmrilm.data.splits.cross_validation_split`).
         """
         splits = self._load_splits()
-        cv = parse_cv_scheme(scheme) if scheme not in splits else None
-        if cv is not None and cv[0] in splits:
+        cv = _cv_fold_of(scheme, splits)
+        if cv is not None:
             parent, n_folds, fold = cv
             seed = int(splits[parent].get("config", {}).get("seed", 0))
             return cross_validation_split(
@@ -409,8 +418,8 @@ class DatasetStore:
         """
         if self._scalers is None:
             self._scalers = json.loads((self.path / SCALER_FILE).read_text())
-        cv = parse_cv_scheme(scheme) if scheme not in self._scalers else None
-        if cv is not None and cv[0] in self._scalers:
+        cv = _cv_fold_of(scheme, self._scalers)
+        if cv is not None:
             scheme = cv[0]
         if scheme not in self._scalers:
             raise KeyError(
